@@ -1,0 +1,29 @@
+# The two commands the README names: `make demo` and `make test`. Everything installs into .venv,
+# always with constraints.txt (torch==2.13.0 CPU wheel; an unpinned install pulls gigabytes of CUDA).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/pseudodepth demo --out demo_out
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python bench/label_throughput.py
+	$(BIN)/python bench/loss_filter.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

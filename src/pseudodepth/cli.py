@@ -1,0 +1,96 @@
+"""The ``pseudodepth`` command: a thin layer over the Python API (one sub-command per pipeline stage)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights come from local files only
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def _model_args(p: argparse.ArgumentParser, label: bool = False) -> None:
+    p.add_argument("--model", required=True,
+                   help="official .pth, Hugging Face folder, pseudodepth checkpoint, or preset (e.g. da-v2-small)")
+    p.add_argument("--input-size", type=int, default=518, help="network input size (lower bound, multiple of 14)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--tta", choices=["flip"], default=None, help="flip test-time augmentation")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import predict_files
+
+    written, errors = predict_files(a.model, a.images, a.out, raw=a.raw, input_size=a.input_size,
+                                    precision=a.precision, tta=a.tta, device=a.device)
+    for e in errors:
+        print(f"skipped {e}", file=sys.stderr)
+    print(f"wrote {len(written)} files to {a.out}" + (f"; {len(errors)} images skipped" if errors else ""))
+    return 1 if errors and not written else 0
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    from .label import LabelSettings, label_folder
+
+    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square)
+    if a.engine == "ray":
+        from .label_ray import label_folder_ray
+
+        report = label_folder_ray(a.model, a.images, a.out, batch_size=a.batch_size, settings=settings,
+                                  overwrite=a.overwrite, address=a.address, num_actors=a.actors)
+    else:
+        report = label_folder(a.model, a.images, a.out, batch_size=a.batch_size, workers=a.workers,
+                              settings=settings, overwrite=a.overwrite, device=a.device)
+    for line in report.failures[:20]:
+        print(f"failed {line}", file=sys.stderr)
+    print(report.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pseudodepth", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="depth for a few images: coloured PNG (+ raw .npy)")
+    p.add_argument("images", nargs="+", help="image files")
+    _model_args(p)
+    p.add_argument("--out", default="depth_out", help="output folder")
+    p.add_argument("--raw", action="store_true", help="also write float32 disparity .npy at the input's size")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("label", help="pseudo-label an image folder into a resumable label store")
+    _model_args(p)
+    p.add_argument("--images", required=True, help="folder of images (sub-folders walked)")
+    p.add_argument("--out", required=True, help="label store folder")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="decode/resize worker processes")
+    p.add_argument("--square", action="store_true", help="resize to a fixed input-size square (one batch shape)")
+    p.add_argument("--overwrite", action="store_true", help="relabel a store made by another teacher")
+    p.add_argument("--engine", choices=["local", "ray"], default="local")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")
+    p.set_defaults(func=cmd_label)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"pseudodepth {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Image and label-file I/O: one decoder for every input, atomic writers for every output.
+
+Every image the toolkit reads goes through :func:`read_rgb`, so every stage sees the same pixels:
+EXIF orientation applied, CMYK / 16-bit / grayscale / palette / RGBA converted to 8-bit RGB.
+Pillow decodes JPEGs bit-identically to OpenCV's ``cv2.imread`` (checked on the demo photos) and,
+unlike OpenCV, refuses truncated files instead of returning a half-grey picture.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Pillow's guard against decompression bombs: keep it, but above the 24 MP photos people label.
+Image.MAX_IMAGE_PIXELS = 512_000_000
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+
+
+class ImageError(ValueError):
+    """An input file that cannot be decoded as an image. ``str(err)`` is one line naming the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to an 8-bit RGB array (H x W x 3, uint8)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit grayscale: scale the full integer range to 8 bits (as cv2.IMREAD_COLOR does for PNG16).
+        arr = np.asarray(img, dtype=np.float64 if mode == "I" else np.uint16)
+        if mode == "I":
+            arr = np.clip(arr, 0, 65535)
+        arr8 = (arr.astype(np.float64) / 257.0).round().astype(np.uint8)
+        return np.repeat(arr8[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr8 = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) / (hi - lo) * 255).round().astype(np.uint8)
+        return np.repeat(arr8[..., None], 3, axis=2)
+    # L, LA, P, PA, RGBA, CMYK, YCbCr, 1: Pillow converts; alpha is dropped as cv2.imread(IMREAD_COLOR) does.
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes into an upright 8-bit RGB array (H x W x 3).
+
+    Raises :class:`ImageError` (naming ``name``) for empty, truncated, corrupt or non-image data.
+    """
+    if not data:
+        raise ImageError(name, "empty file (0 bytes); remove it or re-download it")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # forces a full decode: truncated files raise here
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb8(img)
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image (unknown or unsupported format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageError(name, f"corrupt or truncated image ({err})") from None
+    if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageError(name, f"decoded to an empty image of shape {rgb.shape}")
+    return rgb
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as upright 8-bit RGB (H x W x 3). Raises :class:`ImageError` naming the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ImageError(path, f"cannot read file ({err.strerror})") from None
+    return decode_rgb(data, path)
+
+
+def list_files(root: str | os.PathLike) -> list[str]:
+    """Every regular, non-hidden file under ``root`` (sub-folders walked), as sorted POSIX relative paths.
+
+    Non-image files are listed too: the label store records them as failed rows instead of
+    silently ignoring them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder of images; pass --images DIR with your image folder")
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if f.startswith("."):
+                continue
+            full = Path(dirpath) / f
+            if full.is_file():
+                out.append(full.relative_to(root).as_posix())
+    return sorted(out)
+
+
+def safe_join(root: str | os.PathLike, rel: str) -> Path:
+    """Join a relative path from a manifest or config onto ``root``, refusing anything that escapes it.
+
+    The check is lexical (``..`` and absolute paths are refused); symbolic links the user placed
+    inside the folder are followed as usual.
+    """
+    root_a = Path(os.path.abspath(root))
+    if Path(rel).is_absolute():
+        raise ValueError(f"path {rel!r} must be relative to {root_a}, not absolute")
+    full = Path(os.path.normpath(root_a / rel))
+    if full != root_a and root_a not in full.parents:
+        raise ValueError(f"path {rel!r} escapes its root {root_a}; fix the manifest or config entry")
+    return full
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encode_png(array: np.ndarray, compression: int = 1) -> bytes:
+    """Encode a uint8 (H x W or H x W x 3 RGB) or uint16 (H x W) array as PNG bytes."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, compression: int = 1) -> None:
+    """Atomically write a uint8 RGB / gray or uint16 gray array as PNG."""
+    atomic_write_bytes(path, encode_png(array, compression))
+
+
+def read_png16(path: str | os.PathLike) -> np.ndarray:
+    """Read a 16-bit single-channel PNG exactly (uint16 H x W); refuses 8-bit or colour PNGs."""
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ImageError(path, "cannot decode PNG (missing or corrupt file)")
+    if arr.dtype != np.uint16 or arr.ndim != 2:
+        raise ImageError(path, f"expected a 16-bit single-channel PNG, got {arr.dtype} with shape {arr.shape}")
+    return arr

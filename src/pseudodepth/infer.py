@@ -1,0 +1,61 @@
+"""Running a depth model: precision, flip test-time augmentation, one image or a batch.
+
+Output is the model's raw relative disparity (non-negative, larger = nearer), float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from .models import model_info
+from .preprocess import prepare, upsample
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TTA_MODES = (None, "none", "flip")
+
+
+def check_settings(precision: str, tta: str | None) -> None:
+    """Fail early on a bad ``--precision`` / ``--tta`` value."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be 'flip' or none, got {tta!r}")
+
+
+def autocast(device: torch.device | str, precision: str):
+    """``torch.autocast`` for bf16/fp16, a no-op context for fp32."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@torch.inference_mode()
+def forward(model, pixel_values: torch.Tensor, precision: str = "fp32", tta: str | None = None) -> torch.Tensor:
+    """(B, 3, H, W) normalised images -> (B, H, W) float32 disparity at the network resolution.
+
+    ``tta="flip"`` averages the prediction with the un-flipped prediction of the flipped image
+    (both halves run in one batch).
+    """
+    check_settings(precision, tta)
+    x = pixel_values.to(next(model.parameters()).device)
+    if tta == "flip":
+        x = torch.cat([x, x.flip(-1)])
+    with autocast(x.device, precision):
+        out = model(pixel_values=x).predicted_depth.float()
+    if tta == "flip":
+        a, b = out.chunk(2)
+        out = 0.5 * (a + b.flip(-1))
+    return out
+
+
+def predict(model, rgb: np.ndarray, input_size: int = 518, precision: str = "fp32", tta: str | None = None,
+            keep_aspect: bool = True) -> np.ndarray:
+    """Disparity (H x W float32) for one uint8 RGB image at the image's own resolution."""
+    x = torch.from_numpy(prepare(rgb, input_size, keep_aspect))[None]
+    out = forward(model, x, precision, tta)
+    align = model_info(model).version == "v2"
+    return upsample(out, rgb.shape[:2], align_corners=align)[0].cpu().numpy()

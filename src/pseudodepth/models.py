@@ -1,0 +1,287 @@
+"""Every way to get a depth model: presets, official ``.pth``, Hugging Face folders, our checkpoints.
+
+The network is always ``transformers``' ``DepthAnythingForDepthEstimation`` (DINOv2 ViT-14 encoder +
+DPT head) with SDPA attention on the backbone. :func:`load_model` is the one way in,
+:func:`save_checkpoint` the one way out. A pseudodepth checkpoint *is* a Hugging Face folder
+(``config.json`` + ``model.safetensors``) plus ``pseudodepth.json`` with training metadata, so
+``transformers`` can load it too.
+
+Official Depth Anything V1 and V2 checkpoints have identical tensor shapes; only the decoder's
+input layers differ (V2: evenly spaced, V1: the last four). The *size* is read from the shapes, the
+*version* from the file name (``depth_anything_v2_vits.pth`` vs ``depth_anything_vits14.pth``) or
+the ``version=`` argument.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import types
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+from .convert import official_to_hf, strip_prefix
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One encoder size: DINOv2 width/depth/heads and the DPT head's widths (DESIGN.md section 2)."""
+
+    embed: int
+    depth: int
+    heads: int
+    features: int
+    out_channels: tuple[int, int, int, int]
+    v2_layers: tuple[int, int, int, int]  # 0-based block indices feeding the DPT head
+    swiglu: bool = False
+
+    def v1_layers(self) -> tuple[int, int, int, int]:
+        return tuple(range(self.depth - 4, self.depth))  # type: ignore[return-value]
+
+
+ARCHS: dict[str, Arch] = {
+    "small": Arch(384, 12, 6, 64, (48, 96, 192, 384), (2, 5, 8, 11)),
+    "base": Arch(768, 12, 12, 128, (96, 192, 384, 768), (2, 5, 8, 11)),
+    "large": Arch(1024, 24, 16, 256, (256, 512, 1024, 1024), (4, 11, 17, 23)),
+    "giant": Arch(1536, 40, 24, 384, (1536, 1536, 1536, 1536), (9, 19, 29, 39), swiglu=True),
+    # Test/demo sizes: the same architecture, scaled down.
+    "tiny": Arch(64, 4, 2, 32, (16, 32, 64, 64), (0, 1, 2, 3)),
+    "mini": Arch(192, 6, 3, 48, (32, 64, 128, 192), (1, 2, 4, 5)),
+}
+
+PRESETS = {
+    **{f"da-v2-{size}": ("v2", size) for size in ("small", "base", "large", "giant", "tiny", "mini")},
+    **{f"da-v1-{size}": ("v1", size) for size in ("small", "base", "large", "tiny")},
+}
+
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a loaded model is: stored on ``model.config.pseudodepth`` and in every checkpoint."""
+
+    version: str  # "v1" | "v2": decides the final upsampling (V2: align_corners=True)
+    size: str
+    source: str  # the SPEC it came from
+
+
+class ModelSpecError(ValueError):
+    """A model SPEC that is not a preset, an official .pth, or a model folder."""
+
+
+def make_config(version: str, size: str) -> DepthAnythingConfig:
+    """The ``transformers`` config of an official architecture (``out_indices`` are 1-based there)."""
+    if size not in ARCHS:
+        raise ModelSpecError(f"unknown model size {size!r}; expected one of {sorted(ARCHS)}")
+    arch = ARCHS[size]
+    layers = arch.v2_layers if version == "v2" else arch.v1_layers()
+    backbone = Dinov2Config(
+        image_size=518,
+        patch_size=14,
+        hidden_size=arch.embed,
+        num_hidden_layers=arch.depth,
+        num_attention_heads=arch.heads,
+        mlp_ratio=4,
+        use_swiglu_ffn=arch.swiglu,
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+        out_indices=[i + 1 for i in layers],
+        apply_layernorm=True,
+        reshape_hidden_states=False,
+    )
+    backbone._attn_implementation = "sdpa"
+    return DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=arch.embed,
+        reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=list(arch.out_channels),
+        fusion_hidden_size=arch.features,
+        head_hidden_size=32,
+        depth_estimation_type="relative",
+    )
+
+
+def _official_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """DINOv2's own position-embedding interpolation, as the official Depth Anything code runs it.
+
+    ``transformers`` resizes to an exact ``size=``; DINOv2 uses ``scale_factor=(h0 + 0.1) / M``,
+    which samples slightly different positions on non-square inputs. Matching it is what makes our
+    outputs equal the official ``infer_image`` to < 1e-3 relative error on real photos.
+    """
+    num_patches = embeddings.shape[1] - 1
+    num_positions = self.position_embeddings.shape[1] - 1
+    if num_patches == num_positions and height == width:
+        return self.position_embeddings
+    pos = self.position_embeddings.float()
+    side = int(math.sqrt(num_positions))
+    h0 = height // self.patch_size + 0.1
+    w0 = width // self.patch_size + 0.1
+    grid = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=(h0 / side, w0 / side), mode="bicubic", antialias=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1])
+    return torch.cat((pos[:, :1], grid), dim=1).to(self.position_embeddings.dtype)
+
+
+def _finish(model: DepthAnythingForDepthEstimation, info: ModelInfo) -> DepthAnythingForDepthEstimation:
+    emb = model.backbone.embeddings
+    emb.interpolate_pos_encoding = types.MethodType(_official_pos_encoding, emb)
+    model.config.pseudodepth = asdict(info)
+    return model.eval()
+
+
+def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str | None = None):
+    """A randomly initialised model; the same ``seed`` gives bit-identical weights every time."""
+    config = make_config(version, size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DepthAnythingForDepthEstimation(config)
+    return _finish(model, ModelInfo(version, size, source or f"da-{version}-{size}"))
+
+
+# ---------------------------------------------------------------- official .pth
+
+
+def infer_arch(state: dict[str, torch.Tensor]) -> str:
+    """The size name of an official state dict, from its tensor shapes."""
+    try:
+        embed = state["pretrained.cls_token"].shape[-1]
+        features = state["depth_head.scratch.output_conv1.weight"].shape[1]
+    except KeyError as err:
+        raise ModelSpecError(
+            f"missing tensor {err.args[0]!r}: expected an official Depth Anything state dict "
+            "(tensors named pretrained.* and depth_head.*)"
+        ) from None
+    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"pretrained\.blocks\.(\d+)\.", k)))
+    for name, arch in ARCHS.items():
+        if (arch.embed, arch.depth, arch.features) == (embed, depth, features):
+            return name
+    raise ModelSpecError(
+        f"unknown architecture: embed dim {embed}, {depth} blocks, DPT features {features}; "
+        f"expected one of {[(n, a.embed, a.depth, a.features) for n, a in ARCHS.items()]}"
+    )
+
+
+def version_from_name(path: Path) -> str:
+    """'v2' for official V2 file names (``depth_anything_v2_vits.pth``), else 'v1' (``depth_anything_vits14.pth``)."""
+    return "v2" if re.search(r"v2", path.name, re.IGNORECASE) else "v1"
+
+
+def load_official(path: str | Path, version: str | None = None) -> DepthAnythingForDepthEstimation:
+    """Load an official Depth Anything V1/V2 ``.pth`` (never unpickles code: ``weights_only=True``)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling refusal or corrupt zip
+        raise ModelSpecError(f"{path}: cannot read as a PyTorch state dict ({err.__class__.__name__}: {err})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ModelSpecError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    state = strip_prefix(state)
+    size = infer_arch(state)
+    version = version or version_from_name(path)
+    model = build_model(version, size, source=str(path))
+    try:
+        mapped = official_to_hf(state)
+    except KeyError as err:
+        raise ModelSpecError(f"{path}: {err.args[0]}") from None
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise ModelSpecError(
+            f"{path}: does not match the official {size} architecture "
+            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
+        )
+    return model
+
+
+# ---------------------------------------------------------------- folders (HF and ours)
+
+
+def version_from_config(config: DepthAnythingConfig) -> str:
+    """'v1' when the head reads the encoder's last four blocks, else 'v2'."""
+    meta = getattr(config, "pseudodepth", None)
+    if isinstance(meta, dict) and meta.get("version") in ("v1", "v2"):
+        return meta["version"]
+    n = config.backbone_config.num_hidden_layers
+    return "v1" if list(config.backbone_config.out_indices) == list(range(n - 3, n + 1)) else "v2"
+
+
+def load_folder(path: str | Path) -> DepthAnythingForDepthEstimation:
+    """Load a Hugging Face model folder or a pseudodepth checkpoint (safetensors only, offline)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelSpecError(f"{path}: no config.json; expected a Hugging Face model folder or a pseudodepth checkpoint")
+    if not (path / "model.safetensors").is_file():
+        raise ModelSpecError(f"{path}: no model.safetensors; only safetensors weights are loaded (no pickles)")
+    try:
+        config = DepthAnythingConfig.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise ModelSpecError(f"{path}/config.json: not a Depth Anything config ({err})") from None
+    config.backbone_config._attn_implementation = "sdpa"
+    model = DepthAnythingForDepthEstimation.from_pretrained(
+        path, config=config, local_files_only=True, use_safetensors=True
+    )
+    size = next(
+        (n for n, a in ARCHS.items() if (a.embed, a.depth) == (config.backbone_config.hidden_size, config.backbone_config.num_hidden_layers)),
+        "custom",
+    )
+    return _finish(model, ModelInfo(version_from_config(config), size, str(path)))
+
+
+def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Write a model SPEC folder: ``config.json`` + ``model.safetensors`` + ``pseudodepth.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "module", model)  # unwrap DDP
+    model.save_pretrained(out_dir, safe_serialization=True)
+    info = dict(getattr(model.config, "pseudodepth", {}) or {})
+    (out_dir / "pseudodepth.json").write_text(json.dumps({**info, **(meta or {})}, indent=2, sort_keys=True))
+    return out_dir
+
+
+# ---------------------------------------------------------------- the one entry point
+
+
+def load_model(spec: str | Path, version: str | None = None, device: str | torch.device = "cpu"):
+    """Load any model SPEC (preset name, official ``.pth``, HF folder, pseudodepth checkpoint), in eval mode."""
+    spec_s = str(spec)
+    if spec_s in PRESETS:
+        v, size = PRESETS[spec_s]
+        model = build_model(v, size, source=spec_s)
+    else:
+        path = Path(spec_s).expanduser()
+        if path.is_dir():
+            model = load_folder(path)
+        elif path.is_file() and path.suffix in (".pth", ".pt", ".bin"):
+            model = load_official(path, version)
+        elif path.is_file():
+            raise ModelSpecError(f"{path}: unsupported model file; expected an official .pth or a model folder")
+        else:
+            raise ModelSpecError(
+                f"{spec_s!r} is neither a file, a folder nor a preset; presets: {', '.join(sorted(PRESETS))}"
+            )
+    return model.to(device)
+
+
+def model_info(model) -> ModelInfo:
+    return ModelInfo(**getattr(model, "module", model).config.pseudodepth)
+
+
+def fingerprint(model, settings: dict | None = None) -> str:
+    """sha256 over every weight (names, shapes, dtypes, bytes) and the inference settings, 16 hex chars."""
+    h = hashlib.sha256()
+    state = getattr(model, "module", model).state_dict()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(settings or {}, sort_keys=True).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,43 @@
+"""``pseudodepth predict``: depth for a few images, as coloured PNGs and optional raw ``.npy``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from . import infer
+from .colorize import colorize
+from .imageio import ImageError, read_rgb, write_png
+from .models import load_model
+
+
+def predict_files(model_spec: str, images: list[str | Path], out: str | Path, *, raw: bool = False,
+                  input_size: int = 518, precision: str = "fp32", tta: str | None = None, device: str = "cpu",
+                  model=None, progress: bool = True) -> tuple[list[Path], list[str]]:
+    """Write ``out/<stem>.png`` (Spectral_r, near = warm) and with ``raw`` ``out/<stem>.npy`` per image.
+
+    Returns (written files, one-line errors for images that could not be read). Bad images are
+    reported and skipped; the others are still predicted.
+    """
+    infer.check_settings(precision, tta)
+    model = model if model is not None else load_model(model_spec, device=device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, errors = [], []
+    stems = [Path(p).stem for p in images]
+    for path in tqdm(images, desc="predict", unit="img", disable=not progress):
+        stem = Path(path).stem if stems.count(Path(path).stem) == 1 else Path(path).name
+        try:
+            rgb = read_rgb(path)
+        except ImageError as err:
+            errors.append(str(err))
+            continue
+        disparity = infer.predict(model, rgb, input_size, precision, tta)
+        write_png(out / f"{stem}.png", colorize(disparity))
+        written.append(out / f"{stem}.png")
+        if raw:
+            np.save(out / f"{stem}.npy", disparity.astype(np.float32))
+            written.append(out / f"{stem}.npy")
+    return written, errors

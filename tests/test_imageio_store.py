@@ -1,0 +1,108 @@
+"""Decoding every awkward input kind, atomic writes, label encoding, manifest journal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_awkward_folder
+from pseudodepth.imageio import ImageError, list_files, read_rgb, safe_join
+from pseudodepth.store import LabelStore, decode_label, encode_label, label_paths
+
+
+def test_awkward_inputs_decode_or_fail_with_one_line_reason(tmp_path):
+    expect = make_awkward_folder(tmp_path)
+    for rel, status in expect.items():
+        if status == "ok":
+            rgb = read_rgb(tmp_path / rel)
+            assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3, rel
+        else:
+            with pytest.raises(ImageError) as err:
+                read_rgb(tmp_path / rel)
+            assert rel in str(err.value) and "\n" not in str(err.value)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    make_awkward_folder(tmp_path)
+    assert read_rgb(tmp_path / "plain.jpg").shape[:2] == (37, 53)
+    assert read_rgb(tmp_path / "rotated.jpg").shape[:2] == (53, 37)
+
+
+def test_conversions_keep_values(tmp_path):
+    g = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(g).save(tmp_path / "g.png")
+    Image.fromarray(g.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(np.dstack([g, g, g, 255 - g])).save(tmp_path / "rgba.png")
+    assert np.array_equal(read_rgb(tmp_path / "g.png")[..., 1], g)
+    assert np.array_equal(read_rgb(tmp_path / "g16.png")[..., 0], g)
+    assert np.array_equal(read_rgb(tmp_path / "rgba.png")[..., 2], g)  # alpha dropped, colour kept
+
+
+def test_list_files_walks_subfolders_and_skips_hidden(tmp_path):
+    (tmp_path / "a/b").mkdir(parents=True)
+    for rel in ("x.jpg", "a/y.png", "a/b/z.jpg", ".hidden.jpg", "a/.cache/w.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"1")
+    assert list_files(tmp_path) == ["a/b/z.jpg", "a/y.png", "x.jpg"]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        list_files(tmp_path / "missing")
+
+
+def test_safe_join_refuses_escapes(tmp_path):
+    assert safe_join(tmp_path, "a/b.png") == tmp_path / "a/b.png"
+    for bad in ("../x.png", "a/../../x.png", "/etc/passwd"):
+        with pytest.raises(ValueError):
+            safe_join(tmp_path, bad)
+
+
+@pytest.mark.parametrize("kind", ["random", "constant", "with_nan", "one_pixel", "huge_range"])
+def test_label_encoding_round_trip_against_reference(kind):
+    rng = np.random.default_rng(0)
+    d = {"random": rng.random((31, 17)) * 5,
+         "constant": np.full((4, 4), 2.5),
+         "with_nan": np.where(rng.random((9, 9)) > 0.2, rng.random((9, 9)), np.nan),
+         "one_pixel": np.array([[3.0]]),
+         "huge_range": np.array([[1e-6, 1e6], [5.0, 7.0]])}[kind]
+    q, lo, hi = encode_label(d)
+    assert q.dtype == np.uint16
+    fin = np.isfinite(d)
+    # slow reference from the definition: q = round((d - min) / (max - min) * 65535)
+    for idx in np.ndindex(d.shape):
+        if not fin[idx]:
+            assert q[idx] == 0
+        elif hi > lo:
+            assert q[idx] == int(np.rint((d[idx] - lo) / (hi - lo) * 65535))
+        else:
+            assert q[idx] == 0
+    back = decode_label(q, lo, hi)
+    assert np.all(np.abs(back[fin] - d[fin]) <= (hi - lo) / 65535 / 2 + 1e-6 * max(1.0, abs(hi)))
+    if fin.any():
+        assert lo == np.nanmin(d) and hi == np.nanmax(d)
+
+
+def test_label_paths_mirror_sources_and_never_collide():
+    paths = label_paths(["a/b.jpg", "a/c.jpg", "a/c.png", "d.jpeg"])
+    assert paths["a/b.jpg"] == "labels/a/b.png" and paths["d.jpeg"] == "labels/d.png"
+    assert paths["a/c.jpg"] == "labels/a/c.jpg.png" and paths["a/c.png"] == "labels/a/c.png.png"
+    assert len(set(paths.values())) == 4
+
+
+def _row(src, status="ok"):
+    return {"source": src, "hash": "h", "status": status, "error": "", "height": 2, "width": 3,
+            "label": f"labels/{src}.png", "min": 0.0, "max": 1.0, "teacher": "t"}
+
+
+def test_journal_torn_line_is_not_a_row_and_consolidate_is_atomic(tmp_path):
+    store = LabelStore(tmp_path)
+    store.append([_row("a.jpg"), _row("b.jpg", "failed")])
+    with open(store.journal_path, "ab") as f:
+        f.write(b'{"source": "c.jpg", "sta')  # a kill in the middle of a write
+    assert [r["source"] for r in store.rows()] == ["a.jpg", "b.jpg"]
+    assert [r["source"] for r in store.rows("ok")] == ["a.jpg"]
+    assert store.consolidate() == 2
+    assert not store.journal_path.exists() and store.manifest_path.is_file()
+    store.append([_row("c.jpg")])
+    assert [r["source"] for r in store.rows()] == ["a.jpg", "b.jpg", "c.jpg"]
+    with pytest.raises(ValueError, match="lacks"):
+        store.append([{"source": "x"}])

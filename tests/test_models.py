@@ -1,0 +1,180 @@
+"""Model loading: presets, official .pth key mapping both ways, HF folders, our checkpoints, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pseudodepth.convert import hf_to_official, official_to_hf
+from pseudodepth.infer import forward, predict
+from pseudodepth.models import (ARCHS, ModelSpecError, build_model, fingerprint, infer_arch, load_model,
+                                make_config, model_info, save_checkpoint)
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_presets_are_deterministic():
+    a, b = load_model("da-v2-tiny"), load_model("da-v2-tiny")
+    assert _same_weights(a, b)
+    assert fingerprint(a) == fingerprint(b)
+    c = build_model("v2", "tiny", seed=1)
+    assert not _same_weights(a, c) and fingerprint(a) != fingerprint(c)
+
+
+@pytest.mark.parametrize("size,params", [("small", 24.8e6), ("base", 97.5e6)])
+def test_official_sizes_have_published_parameter_counts(size, params):
+    from transformers import DepthAnythingForDepthEstimation
+
+    with torch.device("meta"):
+        model = DepthAnythingForDepthEstimation(make_config("v2", size))
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n - params) / params < 0.005
+
+
+def test_v1_and_v2_layers():
+    assert make_config("v2", "small").backbone_config.out_indices == [3, 6, 9, 12]
+    assert make_config("v1", "small").backbone_config.out_indices == [9, 10, 11, 12]
+    assert make_config("v2", "large").backbone_config.out_indices == [5, 12, 18, 24]
+    assert make_config("v2", "giant").backbone_config.out_indices == [10, 20, 30, 40]
+
+
+def test_key_mapping_round_trip_and_official_names():
+    model = build_model("v2", "tiny")
+    hf = model.state_dict()
+    official = hf_to_official(hf)
+    # official layout: fused qkv (3C x C), 239 - 8*(12-4) ... tensors; names as in the official code
+    embed = ARCHS["tiny"].embed
+    assert official["pretrained.blocks.0.attn.qkv.weight"].shape == (3 * embed, embed)
+    assert "depth_head.scratch.refinenet4.resConfUnit1.conv1.weight" in official
+    assert "depth_head.scratch.output_conv2.2.weight" in official
+    assert "depth_head.resize_layers.3.weight" in official and "depth_head.resize_layers.2.weight" not in official
+    assert official["pretrained.pos_embed"].shape == (1, 1370, embed)
+    back = official_to_hf(official)
+    assert back.keys() == hf.keys()
+    assert all(torch.equal(back[k], hf[k]) for k in hf)
+
+
+def test_small_official_layout_has_239_tensors():
+    with torch.device("meta"):
+        from transformers import DepthAnythingForDepthEstimation
+
+        model = DepthAnythingForDepthEstimation(make_config("v2", "small"))
+    assert len(hf_to_official(model.state_dict())) == 239
+
+
+def test_qkv_split_order_is_query_key_value():
+    model = build_model("v2", "tiny")
+    official = hf_to_official(model.state_dict())
+    w = official["pretrained.blocks.1.attn.qkv.weight"]
+    embed = ARCHS["tiny"].embed
+    hf = model.state_dict()
+    base = "backbone.encoder.layer.1.attention.attention"
+    assert torch.equal(w[:embed], hf[f"{base}.query.weight"])
+    assert torch.equal(w[embed:2 * embed], hf[f"{base}.key.weight"])
+    assert torch.equal(w[2 * embed:], hf[f"{base}.value.weight"])
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+def test_load_official_pth(tmp_path, prefix):
+    src = build_model("v2", "tiny", seed=5)
+    state = {prefix + k: v for k, v in hf_to_official(src.state_dict()).items()}
+    path = tmp_path / "depth_anything_v2_vitt.pth"
+    torch.save(state, path)
+    model = load_model(path)
+    assert _same_weights(model, src)
+    info = model_info(model)
+    assert (info.version, info.size) == ("v2", "tiny")
+    x = torch.randn(1, 3, 70, 98)
+    assert torch.allclose(forward(model, x), forward(src, x))
+
+
+def test_version_from_file_name(tmp_path):
+    src = build_model("v1", "tiny")
+    path = tmp_path / "depth_anything_vitt14.pth"
+    torch.save(hf_to_official(src.state_dict()), path)
+    assert model_info(load_model(path)).version == "v1"
+    assert model_info(load_model(path, version="v2")).version == "v2"
+
+
+def test_official_loader_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(ModelSpecError, match="cannot read as a PyTorch state dict"):
+        load_model(path)
+
+
+def test_mismatched_checkpoint_errors_say_what_was_expected(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(3)}, path)
+    with pytest.raises(ModelSpecError, match="expected an official Depth Anything state dict"):
+        load_model(path)
+    state = hf_to_official(build_model("v2", "tiny").state_dict())
+    state["pretrained.cls_token"] = torch.zeros(1, 1, 100)
+    torch.save(state, path)
+    with pytest.raises(ModelSpecError, match="unknown architecture"):
+        load_model(path)
+    with pytest.raises(ModelSpecError, match="preset"):
+        load_model("da-v9-huge")
+    (tmp_path / "weights.txt").write_text("x")
+    with pytest.raises(ModelSpecError, match="unsupported model file"):
+        load_model(tmp_path / "weights.txt")
+    with pytest.raises(ModelSpecError, match="no config.json"):
+        load_model(tmp_path)
+
+
+def test_checkpoint_and_hf_folder_round_trip(tmp_path):
+    src = build_model("v1", "tiny", seed=3)
+    save_checkpoint(src, tmp_path / "ckpt", {"step": 7})
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    model = load_model(tmp_path / "ckpt")
+    assert _same_weights(model, src)
+    assert model_info(model).version == "v1"
+    # a plain Hugging Face folder (no pseudodepth metadata): version read from out_indices
+    src.config.pseudodepth = None
+    src.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    assert model_info(load_model(tmp_path / "hf")).version == "v1"
+    assert model.config.backbone_config._attn_implementation == "sdpa"
+
+
+def test_infer_arch_reads_shapes():
+    for size in ("tiny", "mini"):
+        assert infer_arch(hf_to_official(build_model("v2", size).state_dict())) == size
+
+
+def test_flip_tta_and_precisions(tiny_model):
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    d32 = predict(tiny_model, rgb)
+    assert d32.shape == (40, 60) and d32.dtype == np.float32 and (d32 >= 0).all()
+    dbf = predict(tiny_model, rgb, precision="bf16")
+    assert np.linalg.norm(dbf - d32) / max(np.linalg.norm(d32), 1e-12) < 0.05
+    # flip TTA = mean of the prediction and the flipped prediction of the flipped image
+    from pseudodepth.preprocess import prepare
+
+    x = torch.from_numpy(prepare(rgb))[None]
+    ref = 0.5 * (forward(tiny_model, x) + forward(tiny_model, x.flip(-1)).flip(-1))
+    assert torch.allclose(forward(tiny_model, x, tta="flip"), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="precision"):
+        forward(tiny_model, x, precision="int8")
+
+
+def test_position_embedding_interpolation_matches_dinov2_definition():
+    """Non-square inputs use DINOv2's scale_factor=(n + 0.1) / M bicubic interpolation (official code)."""
+    model = build_model("v2", "tiny")
+    emb = model.backbone.embeddings
+    pos = emb.position_embeddings
+    tokens = torch.zeros(1, 1 + 37 * 50, pos.shape[-1])
+    got = emb.interpolate_pos_encoding(tokens, 37 * 14, 50 * 14)
+    grid = pos[:, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
+    ref = torch.nn.functional.interpolate(grid, scale_factor=(37.1 / 37, 50.1 / 37), mode="bicubic")
+    assert torch.equal(got[:, 0], pos[:, 0])
+    assert torch.allclose(got[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1]))
+    square = emb.interpolate_pos_encoding(torch.zeros(1, 1370, pos.shape[-1]), 518, 518)
+    assert square is pos
