@@ -10,9 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def _model_args(p: argparse.ArgumentParser, label: bool = False) -> None:
-    p.add_argument("--model", required=True,
-                   help="official .pth, Hugging Face folder, pseudodepth checkpoint, or preset (e.g. da-v2-small)")
+def _model_args(p: argparse.ArgumentParser, repeat: bool = False) -> None:
+    p.add_argument("--model", required=True, action="append" if repeat else "store",
+                   help="official .pth, Hugging Face folder, pseudodepth checkpoint, or preset (e.g. da-v2-small)"
+                   + ("; repeat to compare models side by side" if repeat else ""))
     p.add_argument("--input-size", type=int, default=518, help="network input size (lower bound, multiple of 14)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--tta", choices=["flip"], default=None, help="flip test-time augmentation")
@@ -57,6 +58,17 @@ def cmd_label(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_table, name_models
+
+    results = evaluate(name_models(a.model, a.name), a.data, space=a.space, input_size=a.input_size,
+                       precision=a.precision, tta=a.tta, limit=a.limit, out_dir=a.out, device=a.device,
+                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop)
+    print(format_table(results))
+    print(f"wrote metrics.json, per_image.csv, table.md to {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pseudodepth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")
     p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("eval", help="zero-shot relative-depth metrics (least-squares affine alignment)")
+    _model_args(p, repeat=True)
+    p.add_argument("--name", action="append", default=None, help="display name per --model (same order)")
+    p.add_argument("--data", required=True, help="TYPE:PATH[,key=value...] (folder, nyu_mat, kitti, diode, sintel, "
+                   "eth3d, hypersim, vkitti2), a .yaml/.json source file, or a folder")
+    p.add_argument("--space", choices=["disparity", "depth"], default="disparity",
+                   help="alignment space: disparity (Depth Anything) or depth (models that predict depth)")
+    p.add_argument("--out", default="eval_out")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--min-depth", type=float, default=None)
+    p.add_argument("--max-depth", type=float, default=None)
+    p.add_argument("--crop", choices=["dataset", "none", "eigen_nyu", "garg", "eigen"], default="dataset",
+                   help="evaluation crop (default: the dataset's; KITTI: garg, 'eigen' for Marigold's)")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
