@@ -1,0 +1,94 @@
+"""Agreement with the official Depth-Anything-V2 ``infer_image`` on real photos (fp32).
+
+The official code is not part of this project: point ``--official-repo`` at your own checkout of
+github.com/DepthAnything/Depth-Anything-V2. It imports only ``Compose`` from torchvision, so a
+stand-in is registered here (torchvision is not installed in this project). The official model is
+randomly initialised (seeded; weights perturbed so no layer is trivially zero), saved as an
+official ``.pth``, loaded through ``pseudodepth`` (key mapping + our preprocessing) and run through
+the same code path as ``pseudodepth predict --raw``.
+
+Usage:  .venv/bin/python bench/compare_official.py --official-repo PATH [--encoder vits] [--images DIR]
+Writes bench/results/official_agreement.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DIMS = {"vits": (64, [48, 96, 192, 384]), "vitb": (128, [96, 192, 384, 768]), "vitl": (256, [256, 512, 1024, 1024])}
+
+
+def official_model(repo: Path, encoder: str, seed: int):
+    tv, tr = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+
+    class Compose:
+        def __init__(self, transforms):
+            self.transforms = transforms
+
+        def __call__(self, x):
+            for t in self.transforms:
+                x = t(x)
+            return x
+
+    tr.Compose, tv.transforms = Compose, tr
+    sys.modules.setdefault("torchvision", tv)
+    sys.modules.setdefault("torchvision.transforms", tr)
+    sys.path.insert(0, str(repo))
+    from depth_anything_v2.dpt import DepthAnythingV2
+
+    torch.manual_seed(seed)
+    features, out_channels = DIMS[encoder]
+    model = DepthAnythingV2(encoder=encoder, features=features, out_channels=out_channels).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official-repo", type=Path, required=True)
+    ap.add_argument("--encoder", choices=sorted(DIMS), default="vits")
+    ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "photos")
+    ap.add_argument("--limit", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "official_agreement.md")
+    a = ap.parse_args()
+
+    from pseudodepth.predict import predict_files
+
+    ref_model = official_model(a.official_repo, a.encoder, a.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="official-"))
+    pth = tmp / f"depth_anything_v2_{a.encoder}.pth"
+    torch.save(ref_model.state_dict(), pth)
+    files = sorted(a.images.glob("*.jpg"))[: a.limit]
+    predict_files(str(pth), files, tmp / "ours", raw=True, progress=False)
+    lines = [f"Command: `.venv/bin/python bench/compare_official.py --official-repo PATH --encoder {a.encoder} "
+             f"--limit {a.limit}` (official V2 code, random weights seed {a.seed}, fp32, 518 input)", "",
+             "| image | size | relative L2 error | max abs error / max |", "|---|---|---|---|"]
+    worst = 0.0
+    for f in files:
+        ref = ref_model.infer_image(cv2.imread(str(f)), 518)
+        ours = np.load(tmp / "ours" / f"{f.stem}.npy")
+        rel = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+        worst = max(worst, rel)
+        lines.append(f"| {f.name} | {ref.shape[1]}x{ref.shape[0]} | {rel:.2e} | "
+                     f"{float(np.abs(ours - ref).max() / np.abs(ref).max()):.2e} |")
+    lines.append(f"\nWorst relative L2 error: {worst:.2e} (required: < 1e-3).")
+    table = "\n".join(lines)
+    print(table)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
