@@ -69,6 +69,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(a: argparse.Namespace) -> int:
+    from .shards import export_shards
+
+    paths = export_shards(a.store, a.out, max_count=a.max_count)
+    print(f"wrote {len(paths)} shards and index.json to {a.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pseudodepth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=["dataset", "none", "eigen_nyu", "garg", "eigen"], default="dataset",
                    help="evaluation crop (default: the dataset's; KITTI: garg, 'eigen' for Marigold's)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("shards", help="export a label store to WebDataset tar shards for cluster training")
+    p.add_argument("store", help="label store folder written by `pseudodepth label`")
+    p.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar and index.json")
+    p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    p.set_defaults(func=cmd_shards)
     return parser
 
 

@@ -1,0 +1,209 @@
+"""Pseudo-labelling with Ray Data: the same label store as :mod:`pseudodepth.label`, on many machines.
+
+Pipeline (one Ray Data dataset, streamed)::
+
+    from_items(todo)        the sources still to do (resume: done rows are skipped by ``label.plan``)
+    map(_LoadSource)        CPU tasks: read -> sha256 -> decode -> official resize + normalise (``label.load_item``)
+    map_batches(_Teacher)   actor pool, one model per actor (one GPU each where the cluster has GPUs):
+                            bucket the batch by network size (no padding) -> ``infer.forward`` ->
+                            upsample + 16-bit PNG + atomic write (``label.finish_item``) -> manifest rows
+    driver                  commits the rows to the journal (``LabelStore.append``) as they arrive,
+                            then ``LabelStore.consolidate``
+
+Both engines call the same ``load_item`` / ``forward`` / ``finish_item``, so they write the same labels.
+
+Crash safety is the store's: a label is renamed into place before its row is committed, and only the
+driver commits rows. A killed actor is restarted by Ray (``max_restarts``) and its batch retried
+(``max_task_retries``): its labels are rewritten atomically with the same values and its rows are
+committed once. If the whole run dies, re-running the same command resumes.
+
+Cluster use: workers read the images and write the labels themselves, so the image folder and the
+store must be on a filesystem every node mounts at the same path (NFS, Lustre, a FUSE bucket mount),
+and the model SPEC must be a preset or a path every node can read. Each actor checks that its model
+has the driver's teacher fingerprint, so a node with other weights fails the run instead of mixing labels.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import infer
+from .label import LabelReport, LabelSettings, finish_item, load_item, plan
+from .models import fingerprint, load_model, model_info
+from .store import LabelStore
+
+# A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
+# times, before the run stops (then re-running the command resumes). Bounded, so that a batch that
+# kills every actor it reaches (e.g. out of memory) ends the run instead of looping forever.
+MAX_ACTOR_RESTARTS = 8
+MAX_BATCH_RETRIES = 3
+
+# Test hook: if this environment variable names an existing file, the first actor batch that removes it
+# kills its own process after writing its labels (as a crashed or pre-empted worker would).
+CRASH_MARKER_ENV = "PSEUDODEPTH_RAY_CRASH_MARKER"
+
+
+class _LoadSource:
+    """Ray Data ``map`` function: one source path -> a loaded item with its pixels as raw float32 bytes."""
+
+    def __init__(self, root: Path, settings: LabelSettings):
+        self.root, self.settings = root, settings
+
+    def __call__(self, row: dict) -> dict:
+        item = load_item(self.root, row["source"], self.settings)
+        pixels = item.pop("pixels")
+        # bytes + shape travel through Arrow blocks for every image size and for failed items alike
+        item["pixels"] = b"" if pixels is None else pixels.tobytes()
+        item["shape"] = [0, 0, 0] if pixels is None else list(pixels.shape)
+        return item
+
+
+class _Teacher:
+    """Ray Data actor: one model, batched forward per network size, labels written, manifest rows out."""
+
+    def __init__(self, model_spec: str, settings: LabelSettings, store_root: str, labels: dict[str, str],
+                 teacher: str):
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(model_spec, device=self.device)
+        self.settings, self.labels, self.teacher = settings, labels, teacher
+        self.store = LabelStore(store_root)
+        self.align = model_info(self.model).version == "v2"
+        if (got := fingerprint(self.model, settings.as_dict())) != teacher:
+            raise RuntimeError(f"model {model_spec!r} on this Ray node has teacher fingerprint {got}, but the driver's "
+                               f"has {teacher}; give every node the same weights (a shared path or a preset)")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        items = [{k: batch[k][i] for k in batch} for i in range(len(batch["source"]))]
+        disparities: list[torch.Tensor | None] = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, it in enumerate(items):
+            if len(it["pixels"]):
+                groups.setdefault(tuple(int(s) for s in it["shape"]), []).append(i)
+        for shape, index in groups.items():  # equal network sizes only: no padding artefacts
+            x = torch.from_numpy(np.stack([np.frombuffer(items[i]["pixels"], np.float32).reshape(shape)
+                                           for i in index]))
+            out = infer.forward(self.model, x, self.settings.precision, self.settings.tta).cpu()
+            for i, d in zip(index, out):
+                disparities[i] = d
+        rows = []
+        for it, d in zip(items, disparities):
+            item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
+                    "height": int(it["height"]), "width": int(it["width"])}
+            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align))
+        _maybe_crash()
+        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def _maybe_crash() -> None:
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if not marker:
+        return
+    try:
+        os.unlink(marker)  # only one process can remove it: exactly one crash per marker
+    except FileNotFoundError:
+        return
+    os._exit(1)
+
+
+def connect(address: str | None = None) -> None:
+    """Use the running Ray, connect to the cluster at ``address``, or start a local Ray on this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+
+
+def _actor_resources(num_actors: int | None) -> tuple[int, dict]:
+    """(actor count, per-actor resources): one GPU per actor where the cluster has GPUs, else CPU actors
+    that share the CPUs, one CPU left for the read/decode tasks."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 1))
+    if gpus:
+        n = num_actors or gpus
+        if n > gpus:
+            raise ValueError(f"--actors {n} needs {n} GPUs but the Ray cluster has {gpus}; use --actors {gpus} or fewer")
+        return n, {"num_gpus": 1}
+    n = num_actors or 1
+    if n > max(1, cpus - 1):
+        raise ValueError(f"--actors {n} CPU actors cannot run on a Ray cluster of {cpus} CPUs (one is kept for "
+                         f"decoding); use --actors {max(1, cpus - 1)} or fewer")
+    return n, {"num_cpus": max(1, (cpus - 1) // n)}
+
+
+def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, batch_size: int = 4,
+                     settings: LabelSettings | None = None, overwrite: bool = False, address: str | None = None,
+                     num_actors: int | None = None, progress: bool = True) -> LabelReport:
+    """Pseudo-label every file under ``images`` into the label store ``out`` with Ray Data; resumable.
+
+    ``address`` connects to a running cluster (``HOST:6379``); without it a local Ray is started (or
+    the one already initialised in this process reused). ``num_actors`` model replicas run the
+    network (default: one per GPU, else one). On a cluster, ``images`` and ``out`` must be on a
+    shared filesystem mounted at the same path on every node.
+    """
+    import ray
+
+    settings = settings or LabelSettings()
+    infer.check_settings(settings.precision, settings.tta)
+    if batch_size < 1 or (num_actors is not None and num_actors < 1):
+        raise ValueError("--batch-size and --actors must be >= 1")
+    images, out = Path(images).resolve(), Path(out).resolve()
+    model = load_model(model_spec)  # the driver's copy only fixes the teacher fingerprint
+    teacher = fingerprint(model, settings.as_dict())
+    del model
+    store = LabelStore(out)
+    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
+    todo, labels, done = plan(store, images, teacher, meta, overwrite)
+    report = LabelReport(skipped=done)
+    start = time.perf_counter()
+    if not todo:
+        store.consolidate()
+        return report
+    connect(address)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # our one bar below counts committed rows
+    n_actors, resources = _actor_resources(num_actors)
+    ds = ray.data.from_items([{"source": s} for s in todo])
+    ds = ds.map(_LoadSource(images, settings))
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named map_batches parameter for actor fault tolerance yet; the remote-args
+        # spelling still works and is what its own docs show, so its deprecation notice is muted here.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(
+            _Teacher, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors),
+            batch_format="numpy",
+            fn_constructor_kwargs={"model_spec": str(model_spec), "settings": settings, "store_root": str(out),
+                                   "labels": {s: labels[s] for s in todo}, "teacher": teacher},
+            max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_BATCH_RETRIES, **resources,
+        )
+    committed: set[str] = set()
+    bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = [r for r in block.to_pylist() if r["source"] not in committed]  # never commit a row twice
+            store.append(rows)
+            for r in rows:
+                committed.add(r["source"])
+                if r["status"] == "ok":
+                    report.ok += 1
+                else:
+                    report.failed += 1
+                    report.failures.append(f"{r['source']}: {r['error']}")
+            bar.update(len(rows))
+    finally:
+        bar.close()
+        store.consolidate()
+    report.seconds = time.perf_counter() - start
+    return report

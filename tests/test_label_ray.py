@@ -1,0 +1,109 @@
+"""``label --engine ray``: the label-store contract on Ray Data (one local 2-CPU Ray for the whole file)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_awkward_folder
+from pseudodepth.imageio import read_png16
+from pseudodepth.label import LabelSettings, label_folder
+from pseudodepth.store import LabelStore, StoreError
+
+ray = pytest.importorskip("ray")
+label_ray = pytest.importorskip("pseudodepth.label_ray")
+
+
+@pytest.fixture(scope="session")
+def local_ray(tmp_path_factory):
+    """One local Ray for the session. The crash marker path is set before start so every worker inherits it."""
+    marker = tmp_path_factory.mktemp("ray") / "crash-once"
+    os.environ[label_ray.CRASH_MARKER_ENV] = str(marker)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield marker
+    ray.shutdown()
+    os.environ.pop(label_ray.CRASH_MARKER_ENV, None)
+
+
+def _statuses(store) -> dict[str, str]:
+    return {r["source"]: r["status"] for r in LabelStore(store).rows()}
+
+
+def test_awkward_folder_matches_the_local_engine(tmp_path, tiny_model, local_ray):
+    expect = make_awkward_folder(tmp_path / "imgs")
+    report = label_ray.label_folder_ray("da-v2-tiny", tmp_path / "imgs", tmp_path / "ray", batch_size=3,
+                                        progress=False)
+    local = label_folder("da-v2-tiny", tmp_path / "imgs", tmp_path / "local", batch_size=2, workers=0,
+                         model=tiny_model, progress=False)
+    assert (report.ok, report.failed, report.skipped) == (local.ok, local.failed, 0)
+    assert _statuses(tmp_path / "ray") == _statuses(tmp_path / "local") == expect
+    assert sorted(report.failures) == sorted(local.failures)
+    assert not (tmp_path / "ray/manifest.journal").exists()
+    ray_rows, local_rows = LabelStore(tmp_path / "ray").rows(), LabelStore(tmp_path / "local").rows()
+    for a, b in zip(ray_rows, local_rows):
+        assert {k: a[k] for k in ("hash", "error", "height", "width", "label", "teacher")} == \
+               {k: b[k] for k in ("hash", "error", "height", "width", "label", "teacher")}
+        if a["status"] != "ok":
+            continue
+        assert a["min"] == pytest.approx(b["min"], rel=1e-5, abs=1e-6)
+        assert a["max"] == pytest.approx(b["max"], rel=1e-5, abs=1e-6)
+        qa = read_png16(tmp_path / "ray" / a["label"]).astype(int)
+        qb = read_png16(tmp_path / "local" / b["label"]).astype(int)
+        assert qa.shape == (a["height"], a["width"]) and np.abs(qa - qb).max() <= 1
+    assert not list((tmp_path / "ray").rglob(".tmp-*"))
+
+
+def test_resumes_a_store_and_refuses_another_teacher(tmp_path, tiny_model, local_ray):
+    imgs = tmp_path / "imgs"
+    make_awkward_folder(imgs)
+    first = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False)
+    labels = tmp_path / "s/labels"
+    mtimes = {p: p.stat().st_mtime_ns for p in labels.rglob("*.png")}
+    # same teacher and settings: the local engine's rows are done rows for the Ray engine too
+    again = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", progress=False)
+    assert (again.ok, again.failed, again.skipped) == (0, 0, first.ok + first.failed)
+    shutil.copy(imgs / "plain.jpg", imgs / "new.jpg")
+    (imgs / "sub/new.png").write_bytes((imgs / "sub/deeper/nested.png").read_bytes())
+    third = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
+    assert (third.ok, third.failed, third.skipped) == (2, 0, first.ok + first.failed)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert (labels / "new.png").is_file() and (labels / "sub/new.png").is_file()
+    assert len(LabelStore(tmp_path / "s").rows()) == first.ok + first.failed + 2
+    with pytest.raises(StoreError, match="--overwrite"):
+        label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", settings=LabelSettings(tta="flip"),
+                                   progress=False)
+    shutil.copy(imgs / "plain.jpg", imgs / "extra.jpg")
+    with pytest.raises(ValueError, match="--actors 5 CPU actors cannot run on a Ray cluster of 2 CPUs"):
+        label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", num_actors=5, progress=False)
+    assert "extra.jpg" not in _statuses(tmp_path / "s")
+
+
+def test_killed_actor_is_restarted_and_every_image_committed_once(tmp_path, local_ray, monkeypatch):
+    rng = np.random.default_rng(1)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from PIL import Image
+
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (30 + 7 * (i % 2), 40, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    appended: list[str] = []
+    real_append = LabelStore.append
+
+    def recording_append(self, rows):
+        appended.extend(r["source"] for r in rows)
+        real_append(self, rows)
+
+    monkeypatch.setattr(LabelStore, "append", recording_append)
+    local_ray.write_text("crash the first batch that sees this file")
+    report = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
+    assert not local_ray.exists(), "the actor should have crashed once (marker consumed)"
+    assert (report.ok, report.failed) == (7, 0)
+    assert sorted(appended) == sorted(f"{i}.png" for i in range(7)), "every row committed exactly once"
+    store = LabelStore(tmp_path / "s")
+    for row in store.rows():
+        assert row["status"] == "ok" and store.read_disparity(row).shape == (row["height"], row["width"])
+    assert not list((tmp_path / "s").rglob(".tmp-*"))
