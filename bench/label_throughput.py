@@ -39,7 +39,6 @@ def _images(folder: Path) -> list[Path]:
 def run_variant(name: str, images: Path, model_spec: str, batch_size: int, workers: int) -> dict:
     """Runs inside the child process; returns {"n": images, "seconds": steady-state seconds}."""
     import cv2
-    import numpy as np
     import torch
 
     from pseudodepth import infer

@@ -178,3 +178,11 @@ def test_position_embedding_interpolation_matches_dinov2_definition():
     assert torch.allclose(got[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, -1, pos.shape[-1]))
     square = emb.interpolate_pos_encoding(torch.zeros(1, 1370, pos.shape[-1]), 518, 518)
     assert square is pos
+
+
+def test_random_presets_start_with_a_live_output_on_every_seed():
+    """Official-style decoder init (PyTorch default) with the last bias at 1: no dead ReLU at step 0."""
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    for seed in range(6):
+        d = forward(build_model("v2", "tiny", seed=seed), x)
+        assert (d > 0).all() and d.std() > 0

@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")
     p.set_defaults(func=cmd_label)
 
+    from .train import add_train_parser
+
+    add_train_parser(sub)
+
     p = sub.add_parser("eval", help="zero-shot relative-depth metrics (least-squares affine alignment)")
     _model_args(p, repeat=True)
     p.add_argument("--name", action="append", default=None, help="display name per --model (same order)")
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"pseudodepth {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -138,11 +138,22 @@ def _finish(model: DepthAnythingForDepthEstimation, info: ModelInfo) -> DepthAny
 
 
 def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str | None = None):
-    """A randomly initialised model; the same ``seed`` gives bit-identical weights every time."""
+    """A randomly initialised model; the same ``seed`` gives bit-identical weights every time.
+
+    The encoder keeps ``transformers``' DINOv2 initialisation (truncated normal, as DINOv2). The DPT
+    decoder (neck + head) gets PyTorch's default convolution initialisation, as the official head
+    has: ``transformers``' ``normal(0, 0.02)`` with zero biases makes the output ~1e-6, and the
+    final ReLU can die at the first optimiser step. The last convolution's bias starts at 1 so that
+    the final ReLU is alive on every pixel for every seed (with a default bias some seeds start dead).
+    """
     config = make_config(version, size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DepthAnythingForDepthEstimation(config)
+        for module in [*model.neck.modules(), *model.head.modules()]:
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                module.reset_parameters()
+        torch.nn.init.ones_(model.head.conv3.bias)
     return _finish(model, ModelInfo(version, size, source or f"da-{version}-{size}"))
 
 

@@ -1,0 +1,390 @@
+"""Training configuration: one YAML file, validated completely before any work starts.
+
+A config is data, not code (like Marigold's YAML per run). :func:`load_config` reads the file into
+:class:`TrainConfig` (nested dataclasses, one per YAML section) and rejects, with a message naming
+the file, the section and the key:
+
+- an unknown key (the message lists the allowed keys of that section),
+- a value of the wrong type or out of range,
+- a data folder or model path that does not exist (relative paths resolve against the config
+  file's folder).
+
+Sections and their defaults (the Depth Anything V2 recipe)::
+
+    mode: teacher | student
+    model: {init: da-v2-small, encoder_from: null}
+    data: {labeled: [{type: folder, root: ..., weight: 1.0}], unlabeled: [{type: label_store, root: ...}]}
+    loss: {ssi_weight: 1.0, gm_weight: 2.0, drop_top_ratio: 0.1, edge_aware: false}
+    augment: {strong: true, cutmix_p: 0.5, flip_p: 0.5, brightness: 0.5, ...}
+    feature_alignment: {enabled: false, frozen: null, margin: 0.85, weight: 1.0}
+    optim: {encoder_lr: 5.0e-6, decoder_lr_mult: 10, weight_decay: 0.01, betas: [0.9, 0.999],
+            schedule: poly, warmup_steps: 0, power: 0.9, grad_clip: 1.0}
+    train: {steps: 20000, batch_size: 12, labeled_ratio: [1, 2], crop_size: 518, precision: fp32,
+            seed: 0, workers: 4, log_every: 10, save_every: 1000, out: runs/train, device: auto}
+
+Data entries are the source specs of :func:`pseudodepth.data.make_source` plus an optional
+``weight`` (how many times the source is drawn per epoch relative to its size: 2.0 = every sample
+twice, 0.5 = a random half).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pseudodepth.data.augment import StrongPerturbation
+from pseudodepth.data.sources import SOURCE_TYPES
+from pseudodepth.models import PRESETS
+
+PATCH_SIZE = 14
+_SOURCE_PATH_KEYS = ("root", "image_root", "depth_root", "list_file", "path")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run; the message names the file, the section and the key."""
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclass
+class ModelConfig:
+    """``init``: model SPEC or preset of the network trained (its decoder, and encoder unless
+    ``encoder_from`` is set); ``encoder_from``: SPEC whose pretrained encoder initialises it."""
+
+    init: str = "da-v2-small"
+    encoder_from: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label-store sources."""
+
+    labeled: list[dict] = field(default_factory=list)
+    unlabeled: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class LossConfig:
+    """``L = ssi_weight * L_ssi + gm_weight * L_gm``; pseudo-labels drop the top ``drop_top_ratio`` losses."""
+
+    ssi_weight: float = 1.0
+    gm_weight: float = 2.0
+    drop_top_ratio: float = 0.1
+    edge_aware: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    """Strong perturbations of unlabeled images (``StrongPerturbation`` fields), CutMix and flips."""
+
+    strong: bool = True
+    cutmix_p: float = 0.5
+    flip_p: float = 0.5
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.25
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+
+    def perturbation(self) -> StrongPerturbation:
+        names = {f.name for f in dataclasses.fields(StrongPerturbation)}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k in names}
+        return StrongPerturbation(**{**values, "blur_sigma": tuple(self.blur_sigma)})
+
+
+@dataclass
+class FeatureAlignmentConfig:
+    """V1 feature alignment with a frozen encoder (``frozen``: SPEC; default the initial encoder)."""
+
+    enabled: bool = False
+    frozen: str | None = None
+    margin: float = 0.85
+    weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, encoder lr and decoder lr = ``encoder_lr * decoder_lr_mult``, warmup then decay."""
+
+    encoder_lr: float = 5e-6
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    schedule: Literal["poly", "linear", "constant"] = "poly"
+    warmup_steps: int = 0
+    power: float = 0.9
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainSection:
+    """The loop: steps, per-rank batch, crops, precision, seeding, logging and output folder."""
+
+    steps: int = 20000
+    batch_size: int = 12
+    labeled_ratio: list[int] = field(default_factory=lambda: [1, 2])
+    crop_size: int = 518
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    workers: int = 4
+    log_every: int = 10
+    save_every: int = 1000
+    out: str = "runs/train"
+    device: str = "auto"
+    debug_dump_weights: bool = False  # tests: every rank writes rank{r}_weights.pt and rank{r}_samples.txt
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run. ``base_dir`` is the config file's folder (relative paths resolve there)."""
+
+    mode: Literal["teacher", "student"]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    feature_alignment: FeatureAlignmentConfig = field(default_factory=FeatureAlignmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+
+    def to_dict(self) -> dict:
+        """The config as plain YAML-able data, paths absolute (saved as ``out/config.yaml``)."""
+        data = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not f.metadata.get("internal")}
+        data["data"] = {kind: [resolve_source(s, self.base_dir) for s in specs]
+                        for kind, specs in data["data"].items()}
+        data["model"] = {k: resolve_model(v, self.base_dir) for k, v in data["model"].items()}
+        frozen = data["feature_alignment"]["frozen"]
+        data["feature_alignment"]["frozen"] = resolve_model(frozen, self.base_dir)
+        data["train"]["out"] = str(self.out_dir)
+        return data
+
+    @property
+    def out_dir(self) -> Path:
+        return resolve_path(self.train.out, self.base_dir)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ----------------------------------------------------------------------------- paths
+
+
+def resolve_path(path: str | os.PathLike, base_dir: Path) -> Path:
+    """``path`` with ``~`` expanded, relative to ``base_dir`` unless absolute, ``..`` resolved."""
+    path = Path(path).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
+
+
+def resolve_model(spec: str | None, base_dir: Path) -> str | None:
+    """A model SPEC with relative file/folder paths made absolute; presets unchanged."""
+    if spec is None or spec in PRESETS:
+        return spec
+    return str(resolve_path(spec, base_dir))
+
+
+def resolve_source(spec: dict, base_dir: Path) -> dict:
+    """A data-source spec with its path keys made absolute."""
+    return {k: (str(resolve_path(v, base_dir)) if k in _SOURCE_PATH_KEYS and isinstance(v, str) else v)
+            for k, v in spec.items()}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _section(cls: type, data: Any, where: str, file: Path) -> Any:
+    """Build dataclass ``cls`` from a YAML mapping, checking keys and types."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: section {where!r} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{file}: unknown key {key!r} in section {where!r}; "
+                              f"allowed keys: {', '.join(fields)}")
+    values = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _section(tp, value, name, file)
+            continue
+        if not _matches(value, tp):
+            key = name if where == "top level" else f"{where}.{name}"
+            raise ConfigError(f"{file}: {key} must be {_type_name(tp)}, got {value!r}")
+        if tp is float or tp == float | None:
+            value = None if value is None else float(value)
+        if typing.get_origin(tp) is list and typing.get_args(tp)[0] is float:
+            value = [float(v) for v in value]
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required key is missing
+        raise ConfigError(f"{file}: section {where!r}: {err}") from None
+
+
+def _require(ok: bool, file: Path, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{file}: {key} {message}")
+
+
+def _check_model(spec: str | None, key: str, config: TrainConfig, file: Path) -> None:
+    if spec is None or spec in PRESETS:
+        return
+    path = resolve_path(spec, config.base_dir)
+    _require(path.exists(), file, key,
+             f"= {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor an existing file or folder "
+             f"(looked for {path})")
+
+
+def _check_sources(specs: list[dict], key: str, config: TrainConfig, file: Path, check_paths: bool) -> None:
+    for i, spec in enumerate(specs):
+        where = f"{key}[{i}]"
+        _require(isinstance(spec, dict), file, where, f"must be a mapping with a 'type' key, got {spec!r}")
+        kind = spec.get("type")
+        _require(kind in SOURCE_TYPES, file, f"{where}.type",
+                 f"= {kind!r} is not a source type; use one of {', '.join(sorted(SOURCE_TYPES))}")
+        if key == "data.unlabeled":
+            _require(kind == "label_store", file, f"{where}.type",
+                     "must be 'label_store' (pseudo-labels written by `pseudodepth label`)")
+        elif kind == "label_store":
+            raise ConfigError(f"{file}: {where}.type 'label_store' holds pseudo-labels; list it under data.unlabeled")
+        weight = spec.get("weight", 1.0)
+        _require(_matches(weight, float) and weight > 0, file, f"{where}.weight", f"must be a number > 0, got {weight!r}")
+        for path_key in _SOURCE_PATH_KEYS if check_paths else ():
+            if isinstance(spec.get(path_key), str):
+                path = resolve_path(spec[path_key], config.base_dir)
+                if not path.exists():
+                    raise ConfigError(f"{file}: {where}.{path_key}: {path} does not exist; fix the path "
+                                      f"(relative paths start at {config.base_dir})")
+
+
+def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> TrainConfig:
+    """Ranges and cross-section rules (and, with ``check_paths``, that data and model paths exist);
+    raises :class:`ConfigError` naming the key."""
+    t, o, loss, aug, fa = config.train, config.optim, config.loss, config.augment, config.feature_alignment
+    positive = {"train.steps": t.steps, "train.batch_size": t.batch_size, "train.log_every": t.log_every,
+                "train.save_every": t.save_every, "train.crop_size": t.crop_size, "optim.encoder_lr": o.encoder_lr,
+                "optim.decoder_lr_mult": o.decoder_lr_mult, "loss.ssi_weight": loss.ssi_weight}
+    for key, value in positive.items():
+        _require(value > 0, file, key, f"must be > 0, got {value}")
+    non_negative = {"train.workers": t.workers, "train.seed": t.seed, "optim.weight_decay": o.weight_decay,
+                    "optim.warmup_steps": o.warmup_steps, "optim.power": o.power, "optim.grad_clip": o.grad_clip,
+                    "loss.gm_weight": loss.gm_weight, "feature_alignment.weight": fa.weight}
+    for key, value in non_negative.items():
+        _require(value >= 0, file, key, f"must be >= 0, got {value}")
+    probabilities = {"augment.cutmix_p": aug.cutmix_p, "augment.flip_p": aug.flip_p, "augment.jitter_p": aug.jitter_p,
+                     "augment.grayscale_p": aug.grayscale_p, "augment.blur_p": aug.blur_p}
+    for key, value in probabilities.items():
+        _require(0 <= value <= 1, file, key, f"is a probability in [0, 1], got {value}")
+    _require(0 <= loss.drop_top_ratio < 1, file, "loss.drop_top_ratio", f"must be in [0, 1), got {loss.drop_top_ratio}")
+    _require(-1 <= fa.margin <= 1, file, "feature_alignment.margin", f"is a cosine in [-1, 1], got {fa.margin}")
+    _require(t.crop_size % PATCH_SIZE == 0, file, "train.crop_size",
+             f"must be a multiple of {PATCH_SIZE} (the ViT patch size), got {t.crop_size}")
+    _require(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), file, "optim.betas",
+             f"must be two numbers in [0, 1), got {o.betas}")
+    _require(len(t.labeled_ratio) == 2 and min(t.labeled_ratio) > 0, file, "train.labeled_ratio",
+             f"must be two positive integers (labeled, unlabeled), got {t.labeled_ratio}")
+    _require(len(aug.blur_sigma) == 2 and 0 < aug.blur_sigma[0] <= aug.blur_sigma[1], file, "augment.blur_sigma",
+             f"must be [low, high] with 0 < low <= high, got {aug.blur_sigma}")
+    _require(t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda"), file, "train.device",
+             f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
+    if config.mode == "student":
+        _require(bool(config.data.unlabeled), file, "data.unlabeled",
+                 "needs at least one label store in student mode (run `pseudodepth label` first)")
+        _require(t.batch_size >= 2, file, "train.batch_size",
+                 f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
+    else:
+        _require(not config.data.unlabeled, file, "data.unlabeled",
+                 "must be empty in teacher mode (the teacher trains on labeled data only); use mode: student")
+        _require(not fa.enabled, file, "feature_alignment.enabled",
+                 "applies to unlabeled images, so only in mode: student")
+    _check_sources(config.data.labeled, "data.labeled", config, file, check_paths)
+    _check_sources(config.data.unlabeled, "data.unlabeled", config, file, check_paths)
+    if check_paths:
+        _check_model(config.model.init, "model.init", config, file)
+        _check_model(config.model.encoder_from, "model.encoder_from", config, file)
+        _check_model(fa.frozen, "feature_alignment.frozen", config, file)
+    return config
+
+
+def config_from_dict(data: Any, base_dir: str | os.PathLike = ".", file: str | os.PathLike = "<config>",
+                     check_paths: bool = True) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from YAML data (``file`` is only used in messages)."""
+    file = Path(file)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a mapping with the sections mode, model, data, ...; got {data!r}")
+    _require("mode" in data, file, "mode", "is required: teacher or student")
+    config = _section(TrainConfig, data, "top level", file)
+    config.base_dir = Path(base_dir).resolve()
+    return validate(config, file, check_paths)
+
+
+def load_config(path: str | os.PathLike, overrides: dict[str, dict] | None = None,
+                check_paths: bool = True) -> TrainConfig:
+    """Read and validate a training YAML; ``overrides`` like ``{"train": {"steps": 10}}`` apply on top.
+
+    ``check_paths=False`` skips the existence checks of data and model paths (to inspect a config
+    written for another machine)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if isinstance(data, dict):
+        for section, values in (overrides or {}).items():
+            data[section] = {**(data.get(section) or {}), **values}
+    return config_from_dict(data, path.parent, path, check_paths)

@@ -1,0 +1,589 @@
+"""``pseudodepth train CONFIG.yaml``: teacher and student training with the Depth Anything recipe.
+
+One readable loop (:func:`train`, nanoGPT style); data, model, losses and schedule are built by the
+small functions above it and passed in.
+
+- **teacher** (``mode: teacher``): labeled batches only, ``L = ssi + 2 gm`` with no filtering.
+- **student** (``mode: student``): each step one labeled batch and one unlabeled batch (1 : 2).
+  Unlabeled images get strong perturbations and CutMix (p = 0.5) on the tensors in the step; the
+  targets are the teacher's pseudo-labels of the clean images; the unlabeled loss drops each
+  image's top 10% losses (V2). With ``feature_alignment.enabled`` the student encoder's last-layer
+  patch tokens on the clean unlabeled images are pulled towards a frozen encoder's
+  (``1 - cos``, patches above the 0.85 margin ignored). The step loss is the mean over all images
+  of the batch: ``(n_l L_labeled + n_u L_unlabeled) / (n_l + n_u) + w_fa L_fa``.
+
+Reproducibility and resume: every random draw is a function of ``(seed, step, rank)`` - the data
+order (a weighted, shuffled index list per epoch, sharded over ranks), the crops and flips
+(``DepthDataset`` seeded per epoch), the perturbations and CutMix boxes (a ``torch.Generator`` per
+step). A checkpoint therefore only needs the weights, the optimiser state and the step; ``--resume``
+replays the remaining steps exactly as an uninterrupted run would.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP (NCCL on GPU,
+gloo on CPU), each rank reads its own shard, and rank 0 alone saves and logs. The frozen encoder
+of feature alignment stays outside DDP.
+
+Outputs in ``train.out``: ``config.yaml``, ``log.csv``, ``checkpoints/step_XXXXXX/`` (a model SPEC
++ ``trainer.pt``) and ``final/`` (a model SPEC for ``predict`` / ``label`` / ``eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import copy
+import csv
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from pseudodepth import losses
+from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
+from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
+from pseudodepth.infer import autocast
+from pseudodepth.models import load_model, save_checkpoint
+
+CHECKPOINT_PREFIX = "step_"
+TRAINER_STATE = "trainer.pt"
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run: ``rank`` of ``world`` and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the ``torchrun`` process group when ``WORLD_SIZE > 1`` (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and world > 1:
+        device = f"cuda:{local_rank}"
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.device(device).type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Dist(rank, world, torch.device(device))
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
+    """A 63-bit seed that is a function of ``(seed, step, rank, stream)`` only."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch's global generators (the loop itself draws from per-step generators)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class WeightedSources(Dataset):
+    """Several :class:`DepthDataset` s behind one index; items are addressed as ``(epoch, index)``.
+
+    The epoch travels with the index so that crops and flips (``DepthDataset`` draws from
+    ``rng([seed, epoch, index])``) are right in any worker process.
+    """
+
+    def __init__(self, datasets: list[DepthDataset], weights: list[float]) -> None:
+        self.datasets, self.weights = datasets, weights
+        self.offsets = np.cumsum([0] + [len(d) for d in datasets]).tolist()
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, index = key
+        which = bisect.bisect_right(self.offsets, index) - 1
+        dataset = self.datasets[which]
+        dataset.set_epoch(epoch)
+        return dataset[index - self.offsets[which]]
+
+    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
+        """The epoch's shuffled global index list: source ``k`` contributes ``round(w_k n_k)`` samples
+        (a random subset, or whole passes plus a random subset when ``w_k > 1``)."""
+        rng = np.random.default_rng([seed, epoch])
+        parts = []
+        for dataset, weight, offset in zip(self.datasets, self.weights, self.offsets):
+            n = len(dataset)
+            count = max(1, round(weight * n))
+            passes = [rng.permutation(n) for _ in range(math.ceil(count / n))]
+            parts.append(offset + np.concatenate(passes)[:count])
+        order = np.concatenate(parts)
+        return order[rng.permutation(len(order))]
+
+
+class StepBatches(Sampler):
+    """Batch sampler: for each step in ``[start, steps)``, this rank's ``batch_size`` ``(epoch, index)`` keys.
+
+    Epoch ``e``'s order (:meth:`WeightedSources.epoch_order`) is split between ranks round-robin
+    (``order[rank::world]``, truncated to equal length), so ranks never see the same sample in an
+    epoch; each rank's shard is cut into full batches.
+    """
+
+    def __init__(self, data: WeightedSources, batch_size: int, seed: int, start: int, steps: int,
+                 rank: int = 0, world: int = 1, name: str = "data") -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.start, self.steps, self.rank, self.world = start, steps, rank, world
+        self.per_epoch = len(data.epoch_order(seed, 0)) // world // batch_size
+        if self.per_epoch == 0:
+            raise ValueError(f"{name}: {len(data)} samples are too few for {world} process(es) x batch size "
+                             f"{batch_size}; add data, raise its weight or lower train.batch_size")
+        self._cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        epoch, position = divmod(step, self.per_epoch)
+        if self._cache is None or self._cache[0] != epoch:
+            order = self.data.epoch_order(self.seed, epoch)
+            self._cache = (epoch, order[self.rank::self.world][: self.per_epoch * self.batch_size])
+        shard = self._cache[1]
+        return [(epoch, int(i)) for i in shard[position * self.batch_size:(position + 1) * self.batch_size]]
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            yield self.batch(step)
+
+
+def build_data(specs: list[dict], config: TrainConfig, normalize: bool) -> WeightedSources:
+    """The datasets of one data section (sources of :func:`pseudodepth.data.make_source` + ``weight``)."""
+    datasets, weights = [], []
+    for spec in specs:
+        spec = resolve_source(spec, config.base_dir)
+        weights.append(float(spec.pop("weight", 1.0)))
+        source = make_source(spec)
+        datasets.append(DepthDataset(source, train=True, crop_size=config.train.crop_size, normalize=normalize,
+                                     flip_p=config.augment.flip_p, seed=config.train.seed))
+    return WeightedSources(datasets, weights)
+
+
+def make_batches(data: WeightedSources, batch_size: int, config: TrainConfig, stream: int, start: int,
+                 ctx: Dist, name: str) -> DataLoader:
+    sampler = StepBatches(data, batch_size, config.train.seed * 1000 + stream, start, config.train.steps,
+                          ctx.rank, ctx.world, name)
+    workers = config.train.workers
+    return DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                      prefetch_factor=2 if workers else None, persistent_workers=False)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def patch_tokens(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The encoder's last feature map (the deepest layer the DPT head reads), patch tokens only: B x N x C."""
+    return backbone(pixel_values=pixel_values).feature_maps[-1][:, 1:]
+
+
+class DepthAndFeatures(nn.Module):
+    """What DDP wraps: depth for ``images`` and, optionally, encoder patch tokens of ``align_images``.
+
+    Both passes run inside one ``forward`` so DDP sees every use of the shared encoder weights.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, align_images: torch.Tensor | None = None):
+        depth = self.model(pixel_values=images).predicted_depth
+        feats = patch_tokens(self.model.backbone, align_images) if align_images is not None else None
+        return depth, feats
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """``model.init`` (architecture + decoder), its encoder replaced by ``model.encoder_from``'s if set.
+
+    A preset ``init`` is a fresh, deterministically initialised network (``models.build_model``);
+    a model file or folder keeps its trained decoder.
+    """
+    init = resolve_model(config.model.init, config.base_dir)
+    model = load_model(init)
+    if config.model.encoder_from:
+        spec = resolve_model(config.model.encoder_from, config.base_dir)
+        encoder = load_model(spec).backbone
+        try:
+            model.backbone.load_state_dict(encoder.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"model.encoder_from {spec}: its encoder does not fit model.init {init} "
+                             f"(use the same size): {str(err).splitlines()[0]}") from None
+    freeze_unused(model)
+    return model.train()
+
+
+def freeze_unused(model: nn.Module) -> None:
+    """Turn off gradients of the weights the forward pass never uses, so DDP needs no unused-parameter search.
+
+    DINOv2's mask token serves masked-image modelling only; the deepest DPT fusion block has no skip
+    input, so its first residual unit is never called (as in the official head's ``refinenet4``).
+    """
+    model.backbone.embeddings.mask_token.requires_grad_(False)
+    model.neck.fusion_stage.layers[0].residual_layer1.requires_grad_(False)
+
+
+def frozen_encoder(config: TrainConfig, model: nn.Module) -> nn.Module:
+    """Feature alignment's fixed reference: ``feature_alignment.frozen``'s encoder or a copy of the initial one."""
+    spec = config.feature_alignment.frozen
+    encoder = load_model(resolve_model(spec, config.base_dir)).backbone if spec else copy.deepcopy(model.backbone)
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    return encoder.eval()
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups: encoder (``encoder_lr``) and decoder = neck + head (``encoder_lr * decoder_lr_mult``)."""
+    o = config.optim
+    encoder = [p for p in model.backbone.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in model.backbone.parameters()}
+    decoder = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    groups = [{"params": encoder, "lr": o.encoder_lr, "base_lr": o.encoder_lr, "name": "encoder"},
+              {"params": decoder, "lr": o.encoder_lr * o.decoder_lr_mult,
+               "base_lr": o.encoder_lr * o.decoder_lr_mult, "name": "decoder"}]
+    return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of the base lr at ``step``: linear warmup ``(step + 1) / warmup`` for ``step < warmup``,
+    then over ``t = (step - warmup) / (steps - warmup)``: poly ``(1 - t) ** power``, linear ``1 - t``,
+    or constant ``1``."""
+    warmup, total = config.optim.warmup_steps, config.train.steps
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    if config.optim.schedule == "poly":
+        return (1 - t) ** config.optim.power
+    if config.optim.schedule == "linear":
+        return 1 - t
+    return 1.0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint (one with ``trainer.pt``; half-written ones are temp folders)."""
+    folders = sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}[0-9]*"))
+    complete = [f for f in folders if (f / TRAINER_STATE).is_file() and not f.name.endswith(".tmp")]
+    return complete[-1] if complete else None
+
+
+def save_training_state(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        config: TrainConfig) -> Path:
+    """Write ``checkpoints/step_XXXXXX/`` atomically: the model SPEC and ``trainer.pt`` (plain tensors/dicts)."""
+    final = checkpoint_dir(out, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, tmp, {"step": step, "mode": config.mode})
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "step": step,
+        "seed": config.train.seed,
+        "optimizer": optimizer.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+                "numpy_pos": numpy_state["state"]["pos"]},
+        # The data order is a function of (seed, step): the step is the data-order state.
+        "data": {"next_step": step, "seed": config.train.seed},
+    }
+    torch.save(state, tmp / TRAINER_STATE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Restore weights, optimiser and RNG state from a checkpoint folder; returns the next step."""
+    state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+    model.load_state_dict(load_model(folder).state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate((3, tuple(state["rng"]["python"]), None))
+    np.random.set_state({"bit_generator": "MT19937", "state": {
+        "key": state["rng"]["numpy_key"].numpy().astype(np.uint32), "pos": int(state["rng"]["numpy_pos"])},
+        "has_gauss": 0, "gauss": 0.0})
+    return int(state["step"])
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class CsvLog:
+    """``log.csv``: one row per logged step; on resume rows after the resumed step are dropped."""
+
+    def __init__(self, path: Path, columns: list[str], resume_step: int | None) -> None:
+        self.path, self.columns = path, columns
+        rows = []
+        if resume_step is not None and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+TEACHER_COLUMNS = ["step", "loss", "labeled_loss", "labeled_ssi", "labeled_gm", "lr_encoder", "lr_decoder",
+                   "images_per_s"]
+STUDENT_COLUMNS = TEACHER_COLUMNS[:5] + ["unlabeled_loss", "unlabeled_ssi", "unlabeled_gm", "dropped_share",
+                                         "cutmix_area", "feature_alignment"] + TEACHER_COLUMNS[5:]
+
+
+def average_over_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each logged value over the ranks (identity on one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return stats
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / dist.get_world_size()).tolist()))
+
+
+# ----------------------------------------------------------------------------- one step's loss
+
+
+def teacher_loss(net: nn.Module, labeled: dict, config: TrainConfig, ctx: Dist) -> tuple[torch.Tensor, dict]:
+    """Labeled images only: ``ssi_weight * L_ssi + gm_weight * L_gm`` (no filtering)."""
+    images, target, valid = (labeled[k].to(ctx.device, non_blocking=True) for k in ("image", "target", "valid"))
+    with autocast(ctx.device, config.train.precision):
+        pred, _ = net(images)
+    loss, stats = labeled_term(pred.float(), target, valid, config)
+    return loss, {"loss": stats["loss"], **{f"labeled_{k}": v for k, v in stats.items()}}
+
+
+def labeled_term(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, config: TrainConfig):
+    w = config.loss
+    loss, stats = losses.labeled_loss(pred, target, valid, gm_weight=w.gm_weight / w.ssi_weight)
+    return w.ssi_weight * loss, {"loss": w.ssi_weight * stats["loss"], "ssi": stats["ssi"], "gm": stats["gm"]}
+
+
+def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabeled: dict, step: int,
+                 config: TrainConfig, ctx: Dist) -> tuple[torch.Tensor, dict]:
+    """One labeled + one unlabeled batch: perturb and CutMix the unlabeled images, filter their losses,
+    add feature alignment on the clean images."""
+    w, aug = config.loss, config.augment
+    generator = torch.Generator().manual_seed(step_seed(config.train.seed, step, ctx.rank, stream=1))
+    # [0, 1] RGB: the unlabeled dataset skips normalisation so that the perturbations apply first.
+    clean = unlabeled["image"].to(ctx.device, non_blocking=True)
+    strong = strong_perturbation(clean, generator, aug.perturbation()) if aug.strong else clean
+    n_u, _, height, width = clean.shape
+    mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p)
+    mixed = losses.apply_cutmix(strong, strong.roll(1, 0), mask)  # image b of sample i: sample i - 1
+
+    images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), normalize_imagenet(mixed)])
+    align = normalize_imagenet(clean) if config.feature_alignment.enabled else None
+    with autocast(ctx.device, config.train.precision):
+        pred, feats = net(images, align)
+        if align is not None:
+            with torch.no_grad():
+                reference = patch_tokens(frozen, align)
+    pred = pred.float()
+    n_l = labeled["image"].shape[0]
+
+    target, valid = labeled["target"].to(ctx.device), labeled["valid"].to(ctx.device)
+    loss_l, stats_l = labeled_term(pred[:n_l], target, valid, config)
+    pseudo, pseudo_valid = unlabeled["target"].to(ctx.device), unlabeled["valid"].to(ctx.device)
+    terms = partial(losses.pseudo_label_terms, gm_weight=w.gm_weight / w.ssi_weight, edge_aware=w.edge_aware)
+    loss_u, stats_u = losses.cutmix_loss(pred[n_l:], pseudo, pseudo.roll(1, 0), pseudo_valid,
+                                         pseudo_valid.roll(1, 0), mask,
+                                         drop_ratio=w.drop_top_ratio, loss_fn=terms)
+    loss_u = w.ssi_weight * loss_u
+    loss = (n_l * loss_l + n_u * loss_u) / (n_l + n_u)
+    fa = torch.zeros((), device=ctx.device)
+    if align is not None:
+        fa = losses.feature_alignment_loss(feats.float(), reference.float(), config.feature_alignment.margin)
+        loss = loss + config.feature_alignment.weight * fa
+    return loss, {
+        "loss": float(loss.detach()),
+        **{f"labeled_{k}": v for k, v in stats_l.items()},
+        "unlabeled_loss": w.ssi_weight * stats_u["loss"], "unlabeled_ssi": stats_u["ssi"],
+        "unlabeled_gm": stats_u["gm"], "dropped_share": stats_u["dropped_share"],
+        "cutmix_area": stats_u["cutmix_area"], "feature_alignment": float(fa.detach()),
+    }
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def prepare_out(config: TrainConfig, resume: bool, ctx: Dist) -> tuple[Path, Path | None]:
+    """Create ``out/``; refuse to overwrite a run unless resuming. Returns (out, checkpoint to resume)."""
+    out = config.out_dir
+    checkpoint = latest_checkpoint(out) if resume else None
+    if not resume and latest_checkpoint(out) is not None:
+        raise FileExistsError(f"{out}: already holds a training run (checkpoints/); pass --resume to continue it "
+                              "or choose another train.out / --out")
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return out, checkpoint
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train a teacher or a student as ``config`` says; returns ``out/final`` (a model SPEC)."""
+    ctx = setup_distributed(config.train.device)
+    try:
+        return _train(config, resume, ctx)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
+    t = config.train
+    student = config.mode == "student"
+    seed_everything(step_seed(t.seed, 0, ctx.rank))
+    # Data first: a bad dataset fails before any model is loaded.
+    labeled_data = build_data(config.data.labeled, config, normalize=True)
+    unlabeled_data = build_data(config.data.unlabeled, config, normalize=False) if student else None
+    out, checkpoint = prepare_out(config, resume, ctx)
+
+    model = build_model(config).to(ctx.device)
+    frozen = frozen_encoder(config, model).to(ctx.device) if config.feature_alignment.enabled else None
+    optimizer = make_optimizer(model, config)
+    start = load_training_state(checkpoint, model, optimizer) if checkpoint else 0
+    net: nn.Module = DepthAndFeatures(model)
+    if ctx.world > 1:
+        net = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+    if student:
+        n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
+        streams = zip(make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled"),
+                      make_batches(unlabeled_data, n_u, config, 1, start, ctx, "data.unlabeled"))
+    else:
+        streams = ((batch, None) for batch in make_batches(labeled_data, t.batch_size, config, 0, start, ctx,
+                                                           "data.labeled"))
+    log = CsvLog(out / "log.csv", STUDENT_COLUMNS if student else TEACHER_COLUMNS,
+                 start if checkpoint else None) if ctx.main else None
+    bar = tqdm(total=t.steps, initial=start, desc=f"train {config.mode}", unit="step", disable=not ctx.main,
+               dynamic_ncols=True)
+    seen: list[str] = []
+    tic, images_since = time.perf_counter(), 0
+
+    for step, (labeled, unlabeled) in enumerate(streams, start=start):
+        torch.manual_seed(step_seed(t.seed, step, ctx.rank, stream=2))  # any randomness inside the model
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * lr_factor(step, config)
+        if student:
+            loss, stats = student_loss(net, frozen, labeled, unlabeled, step, config, ctx)
+        else:
+            loss, stats = teacher_loss(net, labeled, config, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        if t.debug_dump_weights:
+            seen += labeled["path"] + (unlabeled["path"] if unlabeled is not None else [])
+
+        done = step + 1
+        images_since += t.batch_size * ctx.world
+        if done % t.log_every == 0 or done == t.steps:
+            stats = average_over_ranks(stats, ctx.device)
+            elapsed = time.perf_counter() - tic
+            stats.update(step=done, lr_encoder=optimizer.param_groups[0]["lr"],
+                         lr_decoder=optimizer.param_groups[1]["lr"], images_per_s=images_since / max(elapsed, 1e-9))
+            tic, images_since = time.perf_counter(), 0
+            if log is not None:
+                log.write(stats)
+            bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{stats['images_per_s']:.1f}")
+        bar.update(1)
+        if done % t.save_every == 0 and done < t.steps and ctx.main:
+            save_training_state(out, done, model, optimizer, config)
+    bar.close()
+
+    final = out / "final"
+    if ctx.main:
+        save_checkpoint(model, final, {"step": t.steps, "mode": config.mode, "config": str(out / "config.yaml")})
+    if t.debug_dump_weights:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{ctx.rank}_weights.pt")
+        (out / f"rank{ctx.rank}_samples.txt").write_text("\n".join(seen) + "\n")
+    if dist.is_initialized():
+        dist.barrier()
+    return final
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("config", help="training YAML (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
+    p.add_argument("--steps", type=int, default=None, help="override train.steps")
+    p.add_argument("--out", default=None, help="override train.out (output folder)")
+    p.set_defaults(func=run_from_args)
+    return p
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``train CONFIG.yaml [--resume] [--steps N] [--out DIR]`` to a CLI's sub-parsers."""
+    return _add_arguments(subparsers.add_parser(
+        "train", help="teacher or student training from a YAML config (torchrun for DDP)"))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run ``train`` from parsed arguments (``config``, ``resume``, ``steps``, ``out``)."""
+    overrides: dict = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.out is not None:
+        overrides["out"] = str(Path(args.out).resolve())
+    config = load_config(args.config, {"train": overrides} if overrides else None)
+    final = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"final model: {final}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pseudodepth.train CONFIG.yaml`` (also what ``torchrun -m pseudodepth.train`` runs)."""
+    parser = _add_arguments(argparse.ArgumentParser(prog="python -m pseudodepth.train",
+                                                    description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # ConfigError is a ValueError
+        print(f"pseudodepth train: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Training config validation: every bad config fails before any work, naming what to fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pseudodepth.config import ConfigError, TrainConfig, config_from_dict, load_config
+
+from train_helpers import write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "labeled" / "images").mkdir(parents=True)
+    (tmp_path / "labeled" / "depth").mkdir(parents=True)
+    return tmp_path
+
+
+def edited(folder: Path, edit) -> Path:
+    path = write_config(folder / "c.yaml")
+    data = yaml.safe_load(path.read_text())
+    edit(data)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_good_config_defaults_and_paths(folder: Path) -> None:
+    config = load_config(write_config(folder / "c.yaml"))
+    assert isinstance(config, TrainConfig) and config.mode == "teacher"
+    assert config.loss.gm_weight == 2.0 and config.loss.drop_top_ratio == 0.1
+    assert config.optim.decoder_lr_mult == 10 and config.feature_alignment.margin == 0.85
+    assert config.out_dir == folder.resolve() / "run"
+    saved = config.to_dict()
+    assert saved["data"]["labeled"][0]["root"] == str(folder.resolve() / "labeled")
+    again = config_from_dict(yaml.safe_load(yaml.safe_dump(saved)), folder)
+    assert again.to_dict() == saved
+
+
+def test_overrides_apply(folder: Path) -> None:
+    config = load_config(write_config(folder / "c.yaml"), {"train": {"steps": 7}})
+    assert config.train.steps == 7 and config.train.batch_size == 2
+
+
+@pytest.mark.parametrize(("edit", "needles"), [
+    (lambda d: d["optim"].update(lr=1.0), ["'lr'", "'optim'", "encoder_lr"]),
+    (lambda d: d.update(trainer={}), ["'trainer'", "top level", "feature_alignment"]),
+    (lambda d: d["train"].update(batchsize=2), ["'batchsize'", "'train'", "batch_size"]),
+])
+def test_unknown_key_is_named_with_its_section(folder: Path, edit, needles) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(edited(folder, edit))
+    for needle in needles:
+        assert needle in str(err.value)
+    assert "c.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (lambda d: d["train"].update(steps="many"), "train.steps"),
+    (lambda d: d["train"].update(steps=2.5), "train.steps"),
+    (lambda d: d["train"].update(precision="fp8"), "train.precision"),
+    (lambda d: d["feature_alignment"].update(enabled="yes") if "feature_alignment" in d
+     else d.update(feature_alignment={"enabled": "yes"}), "feature_alignment.enabled"),
+    (lambda d: d["train"].update(steps=0), "train.steps"),
+    (lambda d: d["train"].update(crop_size=50), "train.crop_size"),
+    (lambda d: d.update(loss={"drop_top_ratio": 1.0}), "loss.drop_top_ratio"),
+    (lambda d: d["optim"].update(schedule="cosine"), "optim.schedule"),
+    (lambda d: d.update(mode="pupil"), "mode"),
+    (lambda d: d.update(augment={"cutmix_p": 1.5}), "augment.cutmix_p"),
+    (lambda d: d["data"]["labeled"][0].update(weight=0), "data.labeled[0].weight"),
+    (lambda d: d["data"]["labeled"][0].update(type="imagenet"), "data.labeled[0].type"),
+])
+def test_bad_value_is_named(folder: Path, edit, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(edited(folder, edit))
+
+
+def test_missing_data_folder_is_named(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "c.yaml")  # no labeled/ folder beside it
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(tmp_path / "labeled") in str(err.value) and "data.labeled[0].root" in str(err.value)
+
+
+def test_missing_model_path_is_named(folder: Path) -> None:
+    with pytest.raises(ConfigError, match="model.encoder_from"):
+        load_config(edited(folder, lambda d: d["model"].update(encoder_from="weights/none.pth")))
+
+
+def test_mode_rules(folder: Path) -> None:
+    (folder / "labels").mkdir()
+    store = [{"type": "label_store", "root": "labels"}]
+    with pytest.raises(ConfigError, match="data.unlabeled.*teacher"):
+        load_config(edited(folder, lambda d: d["data"].update(unlabeled=store)))
+    with pytest.raises(ConfigError, match="data.unlabeled"):
+        load_config(edited(folder, lambda d: d.update(mode="student")))
+    with pytest.raises(ConfigError, match="feature_alignment.enabled"):
+        load_config(edited(folder, lambda d: d.update(feature_alignment={"enabled": True})))
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(edited(folder, lambda d: (d.update(mode="student"), d["data"].update(unlabeled=store),
+                                              d["train"].update(batch_size=1))))
+    with pytest.raises(ConfigError, match="label_store"):
+        load_config(edited(folder, lambda d: d["data"].update(labeled=store)))
+
+
+@pytest.mark.parametrize("name", ["teacher_vits", "student_vits", "student_vitb", "student_vitl",
+                                  "tiny_teacher", "tiny_student"])
+def test_example_configs_parse(name: str) -> None:
+    config = load_config(ROOT / "configs" / f"{name}.yaml", check_paths=False)
+    assert config.mode in name
+    if name.startswith("student_"):  # the published recipe
+        assert config.train.crop_size == 518 and config.optim.encoder_lr == 5e-6
+        assert config.train.labeled_ratio == [1, 2] and config.loss.drop_top_ratio == 0.1
+        assert config.train.precision == "bf16" and config.feature_alignment.margin == 0.85
+        assert config.augment.cutmix_p == 0.5

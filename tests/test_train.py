@@ -1,0 +1,169 @@
+"""Teacher and student training on tiny generated data; schedule and data-order helpers."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pseudodepth.config import load_config
+from pseudodepth.models import load_model
+from pseudodepth.train import StepBatches, WeightedSources, lr_factor, train
+
+from train_helpers import labeled_folder, write_config
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model trains much faster on one thread than on two shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_log(out: Path) -> list[dict]:
+    with (out / "log.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class Sized:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def test_lr_factor_warmup_then_decay(tmp_path: Path) -> None:
+    labeled_folder(tmp_path / "labeled", count=1)
+    config = load_config(write_config(tmp_path / "c.yaml", train={"steps": 110}, optim={"warmup_steps": 10}))
+    for schedule, expected in [("poly", lambda t: (1 - t) ** 0.9), ("linear", lambda t: 1 - t),
+                               ("constant", lambda t: 1.0)]:
+        config.optim.schedule = schedule
+        assert [lr_factor(s, config) for s in range(10)] == pytest.approx([(s + 1) / 10 for s in range(10)])
+        for step in (10, 35, 60, 109, 110):
+            assert lr_factor(step, config) == pytest.approx(expected((step - 10) / 100))
+
+
+def test_weighted_epoch_order_and_rank_shards() -> None:
+    data = WeightedSources([Sized(10), Sized(4)], [0.5, 2.0])
+    order = data.epoch_order(seed=3, epoch=0)
+    first, second = order[order < 10], order[order >= 10]
+    assert len(first) == 5 and len(set(first.tolist())) == 5  # a random half of source 0
+    assert sorted(second.tolist()) == sorted(list(range(10, 14)) * 2)  # source 1 twice
+    assert np.array_equal(order, data.epoch_order(seed=3, epoch=0))
+    assert not np.array_equal(order, data.epoch_order(seed=3, epoch=1))
+
+    ranks = [StepBatches(data, 2, seed=3, start=0, steps=6, rank=r, world=2) for r in range(2)]
+    assert ranks[0].per_epoch == 3  # 13 samples // 2 ranks // batch 2
+    for step in range(3):  # within an epoch the ranks never share a position of the order
+        a, b = ranks[0].batch(step), ranks[1].batch(step)
+        assert len(a) == len(b) == 2 and {e for e, _ in a + b} == {0}
+    positions = [[k for s in range(3) for k in ranks[r].batch(s)] for r in range(2)]
+    assert len(positions[0]) == len(positions[1]) == 6
+    assert ranks[0].batch(4)[0][0] == 1  # step 4 is in epoch 1
+    resumed = StepBatches(data, 2, seed=3, start=4, steps=6)
+    assert list(resumed) == [StepBatches(data, 2, seed=3, start=0, steps=6).batch(s) for s in (4, 5)]
+
+
+def test_too_small_dataset_is_explained() -> None:
+    with pytest.raises(ValueError, match="too few"):
+        StepBatches(WeightedSources([Sized(3)], [1.0]), 4, seed=0, start=0, steps=1, name="data.labeled")
+
+
+def test_teacher_overfits_and_writes_a_loadable_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    labeled_folder(tmp_path / "labeled", count=2)  # 42 x 42: the crop is the whole image
+    config = load_config(write_config(tmp_path / "c.yaml", train={"steps": 30, "save_every": 15},
+                                      augment={"flip_p": 0.0}))
+    final = train(config)
+    rows = read_log(tmp_path / "run")
+    assert [int(r["step"]) for r in rows] == list(range(1, 31))
+    assert {"loss", "labeled_ssi", "labeled_gm", "lr_encoder", "lr_decoder", "images_per_s"} <= set(rows[0])
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert float(rows[0]["lr_decoder"]) == pytest.approx(10 * float(rows[0]["lr_encoder"]))
+    model = load_model(final)
+    assert model(pixel_values=torch.zeros(1, 3, 42, 42)).predicted_depth.shape == (1, 42, 42)
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "step_000015" / "trainer.pt").is_file()
+    assert load_model(tmp_path / "run" / "checkpoints" / "step_000015") is not None
+    with pytest.raises(FileExistsError, match="--resume"):  # never silently overwrite a run
+        train(config)
+
+
+def test_student_with_label_store(tmp_path: Path) -> None:
+    from pseudodepth.label import label_folder
+    from pseudodepth.synth import write_domain
+
+    labeled_folder(tmp_path / "labeled", count=2)
+    write_domain(tmp_path / "unlabeled", "target", 4, 100, (42, 56), with_depth=False)
+    label_folder("da-v2-tiny", tmp_path / "unlabeled" / "images", tmp_path / "labels", workers=0, progress=False)
+    config = load_config(write_config(
+        tmp_path / "c.yaml", mode="student", train={"steps": 3, "batch_size": 3},
+        data={"unlabeled": [{"type": "label_store", "root": "labels"}]},
+        feature_alignment={"enabled": True}, augment={"cutmix_p": 1.0}))
+    final = train(config)
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 3
+    for row in rows:
+        assert 0.08 <= float(row["dropped_share"]) <= 0.13, row  # V2: the top 10% losses per image
+        assert float(row["cutmix_area"]) > 0
+        assert np.isfinite(float(row["feature_alignment"])) and np.isfinite(float(row["loss"]))
+    assert float(rows[0]["feature_alignment"]) == 0.0  # the student starts as the frozen encoder: all > margin
+    assert load_model(final) is not None
+
+
+def test_feature_alignment_to_another_encoder(tmp_path: Path) -> None:
+    from pseudodepth.label import label_folder
+    from pseudodepth.models import build_model, save_checkpoint
+    from pseudodepth.synth import write_domain
+
+    labeled_folder(tmp_path / "labeled", count=1)
+    write_domain(tmp_path / "unlabeled", "target", 2, 100, (42, 42), with_depth=False)
+    label_folder("da-v2-tiny", tmp_path / "unlabeled" / "images", tmp_path / "labels", workers=0, progress=False)
+    save_checkpoint(build_model("v2", "tiny", seed=7), tmp_path / "other")
+    config = load_config(write_config(
+        tmp_path / "c.yaml", mode="student", train={"steps": 2, "batch_size": 3},
+        data={"unlabeled": [{"type": "label_store", "root": "labels"}]},
+        feature_alignment={"enabled": True, "frozen": "other", "weight": 1.0}))
+    train(config)
+    alignment = [float(r["feature_alignment"]) for r in read_log(tmp_path / "run")]
+    assert all(0.15 < a <= 2 for a in alignment), alignment  # unrelated encoders: cos far below 0.85
+
+
+def test_bf16_autocast_steps(tmp_path: Path) -> None:
+    labeled_folder(tmp_path / "labeled", count=2)
+    config = load_config(write_config(tmp_path / "c.yaml", train={"steps": 2, "precision": "bf16"}))
+    final = train(config)
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert all(v.dtype == torch.float32 for v in load_model(final).state_dict().values())  # fp32 master weights
+
+
+def test_tiny_example_configs_train_end_to_end(tmp_path: Path) -> None:
+    """configs/tiny_*.yaml as their comments say: generate data, teacher, pseudo-labels, student."""
+    import shutil
+
+    from pseudodepth.label import label_folder
+    from pseudodepth.synth import write_domain
+
+    root = Path(__file__).resolve().parents[1]
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("tiny_teacher.yaml", "tiny_student.yaml"):
+        shutil.copy(root / "configs" / name, configs / name)
+    write_domain(configs / "tiny_data" / "labeled", "source", 16, 0, (64, 80))
+    teacher = train(load_config(configs / "tiny_teacher.yaml"))
+    assert teacher == tmp_path / "runs" / "tiny_teacher" / "final"
+    write_domain(configs / "tiny_data" / "unlabeled", "target", 16, 100, (64, 80), with_depth=False)
+    label_folder(str(teacher), configs / "tiny_data" / "unlabeled" / "images", configs / "tiny_data" / "labels",
+                 workers=0, progress=False)
+    student = train(load_config(configs / "tiny_student.yaml"))
+    rows = read_log(student.parent)
+    assert int(rows[-1]["step"]) == 60 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert load_model(student) is not None
