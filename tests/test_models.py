@@ -186,3 +186,28 @@ def test_random_presets_start_with_a_live_output_on_every_seed():
     for seed in range(6):
         d = forward(build_model("v2", "tiny", seed=seed), x)
         assert (d > 0).all() and d.std() > 0
+
+
+def test_pretrained_encoders_load_from_dinov2_pth_hf_folder_and_any_spec(tmp_path):
+    from transformers import Dinov2Model
+
+    from pseudodepth.models import load_encoder_state
+
+    src = build_model("v2", "tiny", seed=4)
+    ref = src.backbone.state_dict()
+    official = hf_to_official(src.state_dict())
+    dino = {k[len("pretrained."):]: v for k, v in official.items() if k.startswith("pretrained.")}
+    torch.save(dino, tmp_path / "dinov2_vitt14_pretrain.pth")
+    hf = Dinov2Model(src.config.backbone_config)
+    hf.load_state_dict(ref, strict=False)
+    hf.save_pretrained(tmp_path / "dinov2-tiny", safe_serialization=True)
+    save_checkpoint(src, tmp_path / "ckpt")
+    for spec in (tmp_path / "dinov2_vitt14_pretrain.pth", tmp_path / "dinov2-tiny", tmp_path / "ckpt"):
+        state = load_encoder_state(spec)
+        target = build_model("v2", "tiny", seed=9).backbone
+        target.load_state_dict(state)
+        assert all(torch.equal(target.state_dict()[k], ref[k]) for k in ref), spec
+    dino["register_tokens"] = torch.zeros(1, 4, 64)
+    torch.save(dino, tmp_path / "dinov2_reg.pth")
+    with pytest.raises(ModelSpecError, match="registers"):
+        load_encoder_state(tmp_path / "dinov2_reg.pth")

@@ -282,6 +282,33 @@ def load_model(spec: str | Path, version: str | None = None, device: str | torch
     return model.to(device)
 
 
+def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
+    """The DINOv2 encoder weights of a SPEC, named as ``model.backbone``'s state dict.
+
+    Accepts every model SPEC (its encoder is taken) and the pretrained encoders a student starts
+    from: an official DINOv2 ``.pth`` (``dinov2_vits14_pretrain.pth``: ``cls_token``, ``blocks.*``, ...)
+    or a Hugging Face ``Dinov2Model`` folder (``facebook/dinov2-small`` downloaded by you).
+    """
+    path = Path(str(spec)).expanduser()
+    if path.is_file() and path.suffix in (".pth", ".pt"):
+        state = strip_prefix(torch.load(path, map_location="cpu", weights_only=True))
+        if "blocks.0.attn.qkv.weight" in state and "pretrained.cls_token" not in state:
+            if any(k.startswith("register_tokens") for k in state):
+                raise ModelSpecError(f"{path}: DINOv2 with registers is not the Depth Anything encoder; "
+                                     "use the plain dinov2_vit*14_pretrain.pth")
+            mapped = official_to_hf({f"pretrained.{k}": v for k, v in state.items() if not k.startswith("head.")})
+            return {k[len("backbone."):]: v for k, v in mapped.items()}
+    if path.is_dir() and (path / "config.json").is_file():
+        if json.loads((path / "config.json").read_text()).get("model_type") == "dinov2":
+            from safetensors.torch import load_file
+
+            if not (path / "model.safetensors").is_file():
+                raise ModelSpecError(f"{path}: no model.safetensors; only safetensors weights are loaded")
+            return {k.removeprefix("dinov2."): v for k, v in load_file(path / "model.safetensors").items()
+                    if not k.startswith("pooler")}
+    return {k: v for k, v in load_model(spec, version="v2").backbone.state_dict().items()}
+
+
 def model_info(model) -> ModelInfo:
     return ModelInfo(**getattr(model, "module", model).config.pseudodepth)
 

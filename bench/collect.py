@@ -1,0 +1,36 @@
+"""Assemble BENCHMARKS.md from the tables the benchmark scripts wrote to bench/results/.
+
+Usage: .venv/bin/python bench/collect.py   (after running the scripts; nothing here is typed by hand)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = [  # (results file, heading, what it measures)
+    ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
+     "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
+    ("label_throughput_gpu.md", "Pseudo-labelling throughput on a GPU (`bench/label_throughput.py`)",
+     "The same benchmark on a lent GPU machine."),
+    ("loss_filter.md", "Top-10% loss filter cost (`bench/loss_filter.py`)",
+     "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
+    ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",
+     "`pseudodepth predict --raw` vs the official Depth-Anything-V2 `infer_image`, fp32."),
+]
+
+
+def main() -> None:
+    parts = ["# Benchmarks", "",
+             "Every table below was written by the script named in its heading; `bench/collect.py` "
+             "assembles this file from `bench/results/`.", ""]
+    for name, heading, what in SECTIONS:
+        path = ROOT / "bench" / "results" / name
+        if path.is_file():
+            parts += [f"## {heading}", "", what, "", path.read_text().strip(), ""]
+    (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
+    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
