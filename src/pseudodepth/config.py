@@ -25,6 +25,13 @@ Sections and their defaults (the Depth Anything V2 recipe)::
 Data entries are the source specs of :func:`pseudodepth.data.make_source` plus an optional
 ``weight`` (how many times the source is drawn per epoch relative to its size: 2.0 = every sample
 twice, 0.5 = a random half).
+
+``data.unlabeled`` holds label stores (``{type: label_store, root: labels}``) or one WebDataset
+shard export of a label store (``{type: shards, index: shards/index.json}``, written by
+``pseudodepth shards``; optional ``shuffle_shards``, ``flip_p``), streamed by
+:class:`pseudodepth.shards.ShardDataset`. A stream is read whole, once per epoch, so a shard entry
+is the only unlabeled source of its run and takes no ``weight`` other than 1: mixing streams by
+weight would need sampling inside tar files. To train on several stores, export them together.
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ from pseudodepth.data.sources import SOURCE_TYPES
 from pseudodepth.models import PRESETS
 
 PATCH_SIZE = 14
-_SOURCE_PATH_KEYS = ("root", "image_root", "depth_root", "list_file", "path")
+_SOURCE_PATH_KEYS = ("root", "image_root", "depth_root", "list_file", "path", "index")
+UNLABELED_TYPES = ("label_store", "shards")  # shards: a `pseudodepth shards` export (pseudodepth.shards)
+SHARD_KEYS = ("type", "index", "weight", "shuffle_shards", "flip_p")
 
 
 class ConfigError(ValueError):
@@ -65,7 +74,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label-store sources."""
+    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label stores or one shard export."""
 
     labeled: list[dict] = field(default_factory=list)
     unlabeled: list[dict] = field(default_factory=list)
@@ -88,14 +97,15 @@ class AugmentConfig:
     strong: bool = True
     cutmix_p: float = 0.5
     flip_p: float = 0.5
-    brightness: float = 0.5
-    contrast: float = 0.5
-    saturation: float = 0.5
-    hue: float = 0.25
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # the perturbation defaults are StrongPerturbation's (UniMatch / Depth Anything V1)
+    brightness: float = StrongPerturbation.brightness
+    contrast: float = StrongPerturbation.contrast
+    saturation: float = StrongPerturbation.saturation
+    hue: float = StrongPerturbation.hue
+    jitter_p: float = StrongPerturbation.jitter_p
+    grayscale_p: float = StrongPerturbation.grayscale_p
+    blur_p: float = StrongPerturbation.blur_p
+    blur_sigma: list[float] = field(default_factory=lambda: list(StrongPerturbation.blur_sigma))
 
     def perturbation(self) -> StrongPerturbation:
         names = {f.name for f in dataclasses.fields(StrongPerturbation)}
@@ -287,20 +297,42 @@ def _check_model(spec: str | None, key: str, config: TrainConfig, file: Path) ->
              f"(looked for {path})")
 
 
+def _check_shard_entry(spec: dict, where: str, n_unlabeled: int, file: Path) -> None:
+    """A shard export streams every sample once per epoch: the run's only unlabeled source, weight 1."""
+    unknown = sorted(set(spec) - set(SHARD_KEYS))
+    _require(not unknown, file, where, f"has unknown key(s) {unknown}; a shard source takes {', '.join(SHARD_KEYS)}")
+    _require(isinstance(spec.get("index"), str), file, f"{where}.index",
+             "is required: the index.json written by `pseudodepth shards STORE --out DIR` (or DIR)")
+    _require(n_unlabeled == 1, file, where,
+             "is a shard stream, which must be the only data.unlabeled entry (streams are read whole, not "
+             "mixed by weight); export all label stores into one shard set, or list label stores only")
+    _require(spec.get("weight", 1.0) == 1, file, f"{where}.weight",
+             "must be 1 (or absent) for a shard stream: every sample is read once per epoch")
+    _require(isinstance(spec.get("shuffle_shards", True), bool), file, f"{where}.shuffle_shards",
+             f"must be true or false, got {spec.get('shuffle_shards')!r}")
+    flip_p = spec.get("flip_p", 0.0)
+    _require(_matches(flip_p, float) and 0 <= flip_p <= 1, file, f"{where}.flip_p",
+             f"is a probability in [0, 1], got {flip_p!r}")
+
+
 def _check_sources(specs: list[dict], key: str, config: TrainConfig, file: Path, check_paths: bool) -> None:
     for i, spec in enumerate(specs):
         where = f"{key}[{i}]"
         _require(isinstance(spec, dict), file, where, f"must be a mapping with a 'type' key, got {spec!r}")
         kind = spec.get("type")
-        _require(kind in SOURCE_TYPES, file, f"{where}.type",
-                 f"= {kind!r} is not a source type; use one of {', '.join(sorted(SOURCE_TYPES))}")
         if key == "data.unlabeled":
-            _require(kind == "label_store", file, f"{where}.type",
-                     "must be 'label_store' (pseudo-labels written by `pseudodepth label`)")
-        elif kind == "label_store":
-            raise ConfigError(f"{file}: {where}.type 'label_store' holds pseudo-labels; list it under data.unlabeled")
+            _require(kind in UNLABELED_TYPES, file, f"{where}.type",
+                     f"= {kind!r}: must be 'label_store' (pseudo-labels written by `pseudodepth label`) or "
+                     "'shards' (their export by `pseudodepth shards`)")
+        elif kind in UNLABELED_TYPES:
+            raise ConfigError(f"{file}: {where}.type {kind!r} holds pseudo-labels; list it under data.unlabeled")
+        else:
+            _require(kind in SOURCE_TYPES, file, f"{where}.type",
+                     f"= {kind!r} is not a source type; use one of {', '.join(sorted(SOURCE_TYPES))}")
         weight = spec.get("weight", 1.0)
         _require(_matches(weight, float) and weight > 0, file, f"{where}.weight", f"must be a number > 0, got {weight!r}")
+        if kind == "shards":
+            _check_shard_entry(spec, where, len(specs), file)
         for path_key in _SOURCE_PATH_KEYS if check_paths else ():
             if isinstance(spec.get(path_key), str):
                 path = resolve_path(spec[path_key], config.base_dir)
@@ -342,7 +374,7 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
     _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
     if config.mode == "student":
         _require(bool(config.data.unlabeled), file, "data.unlabeled",
-                 "needs at least one label store in student mode (run `pseudodepth label` first)")
+                 "needs a label store or shard export in student mode (run `pseudodepth label` first)")
         _require(t.batch_size >= 2, file, "train.batch_size",
                  f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
     else:

@@ -24,8 +24,8 @@ the dataset has none; the same on every process), rank ``r`` of ``R`` takes shar
 ``W`` takes every ``W``-th of those. Every sample is therefore read exactly once per epoch across all
 ranks and workers, whatever the counts. When the shard count is not a multiple of ``R * W``, ranks
 (and workers) get unequal sample counts: under DDP give every rank the same number of steps (export
-``R * W * k`` shards, or cap steps per epoch at the smallest rank's ``len``). A rank without any shard
-is an error: export with a smaller ``--max-count``.
+``R * W * k`` shards, or cap steps per epoch at the smallest rank's :meth:`ShardDataset.full_batches`,
+as ``pseudodepth train`` does). A rank without any shard is an error: export with a smaller ``--max-count``.
 """
 
 from __future__ import annotations
@@ -282,16 +282,25 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _shards_for(self, worker: int, num_workers: int) -> list[int]:
+    def _shards_for(self, worker: int, num_workers: int, rank: int | None = None) -> list[int]:
+        rank = self.rank if rank is None else rank
         if not self.shuffle_shards:
             order = list(range(len(self.shards.paths)))
-            return order[self.rank::self.world_size][worker::num_workers]
-        return assign_shards(len(self.shards.paths), self.rank, self.world_size, worker, num_workers,
+            return order[rank::self.world_size][worker::num_workers]
+        return assign_shards(len(self.shards.paths), rank, self.world_size, worker, num_workers,
                              self.epoch, self.seed or 0)
 
     def __len__(self) -> int:
         """Samples this rank reads this epoch (all its workers together)."""
         return sum(self.shards.counts[s] for s in self._shards_for(0, 1))
+
+    def full_batches(self, batch_size: int, num_workers: int = 0, rank: int | None = None) -> int:
+        """Batches a ``DataLoader(self, batch_size, num_workers=num_workers, drop_last=True)`` yields this
+        epoch on ``rank`` (default this process's): each worker batches its own shards, so this is
+        ``sum_w floor(samples_w / batch_size)``, which can be less than ``floor(len(self) / batch_size)``."""
+        workers = max(1, num_workers)
+        return sum(sum(self.shards.counts[s] for s in self._shards_for(w, workers, rank)) // batch_size
+                   for w in range(workers))
 
     def _sample_dataset(self) -> DepthDataset:
         # The data package's DepthDataset does the transforms; its source holds only the sample in hand,

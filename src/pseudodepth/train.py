@@ -18,6 +18,18 @@ order (a weighted, shuffled index list per epoch, sharded over ranks), the crops
 step). A checkpoint therefore only needs the weights, the optimiser state and the step; ``--resume``
 replays the remaining steps exactly as an uninterrupted run would.
 
+Shard sources: ``data.unlabeled`` may instead be one WebDataset export of a label store
+(``{type: shards, index: shards/index.json}``, from ``pseudodepth shards``), streamed by
+:class:`pseudodepth.shards.ShardDataset` through a plain ``DataLoader`` (:class:`ShardBatches`):
+each epoch the shard list is permuted and dealt to ranks, then to data-loader workers, so no
+sample is read twice in an epoch. An epoch lasts as many steps as the rank with the fewest full
+batches has (every rank computes all ranks' counts from the deterministic assignment, no
+collective needed); the other ranks leave their last batches unread. The stream is a function of
+``(seed, epoch, rank, world, train.workers)``, so resume is exact too, given the same world size
+and ``train.workers``: the epoch holding the resumed step is re-read from its start and its
+already consumed batches are decoded and dropped (a cost of up to one epoch of reading on this
+rank, none of training).
+
 Distributed: under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DDP (NCCL on GPU,
 gloo on CPU), each rank reads its own shard, and rank 0 alone saves and logs. The frozen encoder
 of feature alignment stays outside DDP.
@@ -38,6 +50,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -55,7 +68,8 @@ from pseudodepth import losses
 from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
 from pseudodepth.infer import autocast
-from pseudodepth.models import load_model, save_checkpoint
+from pseudodepth.models import load_encoder_state, load_model, save_checkpoint
+from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
 CHECKPOINT_PREFIX = "step_"
 TRAINER_STATE = "trainer.pt"
@@ -198,6 +212,69 @@ def make_batches(data: WeightedSources, batch_size: int, config: TrainConfig, st
                       prefetch_factor=2 if workers else None, persistent_workers=False)
 
 
+def build_unlabeled(config: TrainConfig, ctx: Dist) -> WeightedSources | ShardDataset:
+    """``data.unlabeled``: label stores behind :class:`WeightedSources`, or the one shard export the
+    config allows, as this rank's :class:`ShardDataset` (images in [0, 1]: perturbations come first)."""
+    specs = config.data.unlabeled
+    if specs[0]["type"] != "shards":
+        return build_data(specs, config, normalize=False)
+    spec = resolve_source(specs[0], config.base_dir)
+    spec.pop("weight", None)  # validated to be 1: a stream is read whole each epoch
+    return make_shard_dataset(spec, crop_size=config.train.crop_size, normalize=False,
+                              flip_p=config.augment.flip_p, seed=config.train.seed, rank=ctx.rank,
+                              world_size=ctx.world)
+
+
+class ShardBatches:
+    """This rank's unlabeled batches of a shard stream for steps ``[start, steps)``, epoch after epoch.
+
+    Epoch ``e`` (``data.set_epoch(e)``) lasts :meth:`epoch_steps` steps, the same on every rank.
+    On resume the epoch holding ``start`` is read again from its beginning and the batches before
+    ``start`` are dropped, so the batches are those of an uninterrupted run.
+    """
+
+    def __init__(self, data: ShardDataset, batch_size: int, config: TrainConfig, start: int, ctx: Dist) -> None:
+        self.data, self.batch_size, self.start, self.steps = data, batch_size, start, config.train.steps
+        self.workers = config.train.workers
+        self.loader = DataLoader(data, batch_size=batch_size, num_workers=self.workers, drop_last=True,
+                                 pin_memory=ctx.device.type == "cuda", prefetch_factor=2 if self.workers else None,
+                                 persistent_workers=False)
+        self.epoch_steps(0)  # too little data fails now, not after the first epoch
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def epoch_steps(self, epoch: int) -> int:
+        """Steps of ``epoch``: the fewest full batches of any rank (each rank's count is computable everywhere)."""
+        self.data.set_epoch(epoch)
+        counts = [self.data.full_batches(self.batch_size, self.workers, rank) for rank in range(self.data.world_size)]
+        if min(counts) == 0:
+            rank = counts.index(0)
+            raise ShardError(f"data.unlabeled: {self.data.shards.paths[0].parent}: in epoch {epoch} rank {rank} of "
+                             f"{self.data.world_size} gets no full batch of {self.batch_size} from any of its "
+                             f"{max(1, self.workers)} loader worker(s); export more, smaller shards (--max-count), "
+                             "or lower train.workers or train.batch_size")
+        return min(counts)
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, first = 0, 0  # first: the epoch's first step
+        while first < self.steps:
+            length = self.epoch_steps(epoch)  # also sets the epoch that iter() below reads
+            end = min(first + length, self.steps)
+            if end > self.start:
+                batches = iter(self.loader)
+                for step in range(first, end):
+                    batch = next(batches, None)
+                    if batch is None:
+                        raise ShardError(f"{self.data.shards.paths[0].parent}: epoch {epoch} ended early on rank "
+                                         f"{self.data.rank}; the shards hold fewer samples than index.json says: "
+                                         "re-export them with `pseudodepth shards`")
+                    if step >= self.start:  # before it: consumed by the run being resumed
+                        yield batch
+                del batches
+            epoch, first = epoch + 1, first + length
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -231,15 +308,19 @@ def build_model(config: TrainConfig) -> nn.Module:
     init = resolve_model(config.model.init, config.base_dir)
     model = load_model(init)
     if config.model.encoder_from:
-        spec = resolve_model(config.model.encoder_from, config.base_dir)
-        encoder = load_model(spec).backbone
-        try:
-            model.backbone.load_state_dict(encoder.state_dict())
-        except RuntimeError as err:
-            raise ValueError(f"model.encoder_from {spec}: its encoder does not fit model.init {init} "
-                             f"(use the same size): {str(err).splitlines()[0]}") from None
+        load_encoder(model.backbone, config.model.encoder_from, "model.encoder_from", config)
     freeze_unused(model)
     return model.train()
+
+
+def load_encoder(backbone: nn.Module, spec: str, key: str, config: TrainConfig) -> None:
+    """Copy a pretrained encoder into ``backbone``: any model SPEC, a DINOv2 ``.pth`` or a HF Dinov2 folder."""
+    spec = resolve_model(spec, config.base_dir)
+    try:
+        backbone.load_state_dict(load_encoder_state(spec))
+    except RuntimeError as err:
+        raise ValueError(f"{key} {spec}: its encoder does not fit model.init {config.model.init} "
+                         f"(use the same size): {str(err).splitlines()[0]}") from None
 
 
 def freeze_unused(model: nn.Module) -> None:
@@ -254,8 +335,9 @@ def freeze_unused(model: nn.Module) -> None:
 
 def frozen_encoder(config: TrainConfig, model: nn.Module) -> nn.Module:
     """Feature alignment's fixed reference: ``feature_alignment.frozen``'s encoder or a copy of the initial one."""
-    spec = config.feature_alignment.frozen
-    encoder = load_model(resolve_model(spec, config.base_dir)).backbone if spec else copy.deepcopy(model.backbone)
+    encoder = copy.deepcopy(model.backbone)
+    if config.feature_alignment.frozen:
+        load_encoder(encoder, config.feature_alignment.frozen, "feature_alignment.frozen", config)
     for p in encoder.parameters():
         p.requires_grad_(False)
     return encoder.eval()
@@ -473,7 +555,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     seed_everything(step_seed(t.seed, 0, ctx.rank))
     # Data first: a bad dataset fails before any model is loaded.
     labeled_data = build_data(config.data.labeled, config, normalize=True)
-    unlabeled_data = build_data(config.data.unlabeled, config, normalize=False) if student else None
+    unlabeled_data = build_unlabeled(config, ctx) if student else None
     out, checkpoint = prepare_out(config, resume, ctx)
 
     model = build_model(config).to(ctx.device)
@@ -486,8 +568,11 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
 
     if student:
         n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
-        streams = zip(make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled"),
-                      make_batches(unlabeled_data, n_u, config, 1, start, ctx, "data.unlabeled"))
+        if isinstance(unlabeled_data, ShardDataset):
+            unlabeled_batches = ShardBatches(unlabeled_data, n_u, config, start, ctx)
+        else:
+            unlabeled_batches = make_batches(unlabeled_data, n_u, config, 1, start, ctx, "data.unlabeled")
+        streams = zip(make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled"), unlabeled_batches)
     else:
         streams = ((batch, None) for batch in make_batches(labeled_data, t.batch_size, config, 0, start, ctx,
                                                            "data.labeled"))
@@ -580,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:  # ConfigError is a ValueError
+    except (ValueError, FileNotFoundError, FileExistsError, ShardError) as err:  # ConfigError is a ValueError
         print(f"pseudodepth train: error: {err}", file=sys.stderr)
         return 2
 
