@@ -16,13 +16,7 @@ from pseudodepth.train import StepBatches, WeightedSources, lr_factor, train
 from train_helpers import labeled_folder, write_config
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model trains much faster on one thread than on two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def read_log(out: Path) -> list[dict]:

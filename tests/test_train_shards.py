@@ -24,13 +24,7 @@ UNLABELED = 8  # exported as 4 shards of 2 (shards/) and as shards of 3, 3, 2 (s
 SHARDS = {"unlabeled": [{"type": "shards", "index": "shards/index.json"}]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model trains much faster on one thread than on two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,278 @@
+"""The demo: settings, per-pixel views against slow references, the ablation tables, and a quick end-to-end run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pseudodepth import demo
+from pseudodepth import report as rp
+
+PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_deep_merge_merges_mappings_and_replaces_the_rest():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    merged = demo.deep_merge(base, {"a": {"c": [9], "e": {"f": 1}}, "d": None})
+    assert merged == {"a": {"b": 1, "c": [9], "e": {"f": 1}}, "d": None}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}  # inputs untouched
+
+
+def test_shipped_settings_load_and_quick_shrinks_everything():
+    full, quick = demo.load_settings(), demo.load_settings(quick=True)
+    assert full.teacher["mode"] == "teacher" and full.student["mode"] == "student"
+    assert full.input_size % 14 == 0 and quick.input_size % 14 == 0
+    assert quick.data["n_target_unlabeled"] < full.data["n_target_unlabeled"]
+    for recipe in (quick.teacher, quick.student):
+        assert recipe["train"]["steps"] < full.teacher["train"]["steps"]
+        assert recipe["train"]["crop_size"] == quick.teacher["train"]["crop_size"]
+    # the student starts where the teacher started, and trains at least as long
+    assert full.student["model"] == full.teacher["model"]
+    assert full.student["train"]["steps"] >= full.teacher["train"]["steps"]
+    names = [name for name, _ in demo.ablation_runs(full)]
+    assert names[0].startswith("teacher") and len(names) == len(set(names))
+
+
+def test_settings_errors_name_the_file_and_key(tmp_path):
+    shutil.copytree(demo.CONFIG_DIR, tmp_path / "configs")
+    path = tmp_path / "configs" / "demo.yaml"
+    path.write_text(path.read_text() + "\nsurprise: 1\n")
+    with pytest.raises(ValueError, match=r"demo.yaml: unknown key\(s\) surprise"):
+        demo.load_settings(config_dir=tmp_path / "configs")
+    path.write_text("- not a mapping\n")
+    with pytest.raises(ValueError, match="demo.yaml: expected a mapping"):
+        demo.load_settings(config_dir=tmp_path / "configs")
+
+
+def test_photo_subset_links_the_first_images(tmp_path):
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("b.jpg", "a.png", "README.md", "c.JPG"):
+        (source / name).write_bytes(b"x")
+    assert demo.photo_subset(source, None, tmp_path / "sub") == source
+    subset = demo.photo_subset(source, 2, tmp_path / "sub")
+    assert sorted(p.name for p in subset.iterdir()) == ["a.png", "b.jpg"]
+
+
+def test_cli_arguments():
+    parser = argparse.ArgumentParser()
+    demo.add_demo_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["demo", "--out", "x", "--quick", "--no-photos"])
+    assert (args.out, args.quick, args.ablation, args.photos) == ("x", True, False, False)
+    args = parser.parse_args(["demo", "--ablation", "--photos", "p"])
+    assert (args.out, args.ablation, args.photos) == ("demo_out", True, "p")
+
+
+# --------------------------------------------------------------------------- per-pixel views
+
+
+def abs_rel_reference(pred, gt, valid, min_depth, max_depth):
+    mask = valid & np.isfinite(gt) & (gt > 0)
+    out = np.full(gt.shape, np.nan)
+    if not mask.any():
+        return out
+    p, g = pred[mask], gt[mask]
+    a = np.stack([p, np.ones_like(p)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(a, 1 / g, rcond=None)  # min-norm: same s*p+t as the closed form
+    floor = 1 / max_depth if math.isfinite(max_depth) else 1 / g.max()
+    for y, x in zip(*np.nonzero(mask)):
+        disparity = max(s * pred[y, x] + t, floor)
+        depth = min(max(1 / disparity, min_depth), max_depth)
+        out[y, x] = abs(depth - gt[y, x]) / gt[y, x]
+    return out
+
+
+@pytest.mark.parametrize("case", ["random", "one_valid", "nan_inf_gt", "no_valid", "constant_pred", "range"])
+def test_abs_rel_map_matches_reference(case):
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(1, 20, (8, 7))
+    pred = 1 / gt * 2.5 + 0.01 + rng.normal(0, 0.02, gt.shape)
+    valid = rng.random(gt.shape) < 0.8
+    min_depth, max_depth = 1e-3, math.inf
+    if case == "one_valid":
+        valid = np.zeros(gt.shape, bool)
+        valid[3, 4] = True
+    elif case == "nan_inf_gt":
+        gt[0, :3] = [np.nan, np.inf, -1.0]
+        valid[0, :3] = True
+    elif case == "no_valid":
+        valid[:] = False
+    elif case == "constant_pred":
+        pred[:] = 0.7
+    elif case == "range":
+        min_depth, max_depth = 2.0, 10.0
+    got = demo.abs_rel_map(pred, gt, valid, min_depth, max_depth)
+    expected = abs_rel_reference(pred, gt, valid, min_depth, max_depth)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-7, atol=1e-9)
+    if case == "one_valid":
+        assert got[3, 4] == pytest.approx(0, abs=1e-12)
+
+
+def ssi_reference(d):
+    values = np.sort(d.ravel())
+    median = values[(values.size + 1) // 2 - 1]  # lower median
+    scale = max(np.mean(np.abs(d - median)), 1e-6)
+    return (d - median) / scale
+
+
+def dropped_reference(pred, pseudo, ratio):
+    loss = np.abs(ssi_reference(pred.astype(np.float64)) - ssi_reference(pseudo.astype(np.float64)))
+    n = loss.size
+    if ratio == 0:
+        return np.zeros(loss.shape, bool)
+    k = math.ceil((1 - ratio) * (n - 1)) + 1
+    v = np.sort(loss.ravel())[k - 1]
+    keep = loss < v
+    if not keep.any():
+        keep = loss <= v
+    return ~keep
+
+
+@pytest.mark.parametrize("case", ["random", "ratio0", "ratio02", "constant", "one_pixel", "outlier_block"])
+def test_filter_dropped_matches_reference(case):
+    rng = np.random.default_rng(4)
+    pred, pseudo, ratio = rng.random((9, 11)), rng.random((9, 11)), 0.1
+    if case == "ratio0":
+        ratio = 0.0
+    elif case == "ratio02":
+        ratio = 0.2
+    elif case == "constant":
+        pred, pseudo = np.full((5, 5), 2.0), np.full((5, 5), 3.0)
+    elif case == "one_pixel":
+        pred, pseudo = np.array([[1.0]]), np.array([[2.0]])
+    elif case == "outlier_block":
+        pseudo = pred.copy()
+        pseudo[:3, :3] += 5.0  # a wrong pseudo-label patch: exactly what the filter should drop
+    got = demo.filter_dropped(pred.astype(np.float32), pseudo.astype(np.float32), ratio)
+    expected = dropped_reference(pred.astype(np.float32), pseudo.astype(np.float32), ratio)
+    assert got.dtype == bool and got.shape == pred.shape
+    assert got.sum() == expected.sum()
+    assert (got != expected).sum() <= 1  # float32 vs float64 at the threshold
+    if case in ("constant", "one_pixel", "ratio0"):
+        assert not got.any()
+    if case == "outlier_block":
+        assert got[:3, :3].all()
+
+
+def views(errors, dropped):
+    shape = errors[0].shape
+    zeros = np.zeros(shape)
+    return [demo.SceneViews(np.zeros(shape + (3,), np.uint8), zeros, np.ones(shape, bool), zeros, zeros, e, d)
+            for e, d in zip(errors, dropped)]
+
+
+def test_filter_overlap_counts_dropped_pixels_among_the_worst():
+    error = np.arange(20, dtype=float).reshape(4, 5)  # worst 10%: the values >= quantile(0.9) = 18.1 -> {19}
+    error_nan = error.copy()
+    error_nan[0, 0] = np.nan
+    dropped = np.zeros((4, 5), bool)
+    dropped[3, 4] = dropped[0, 0] = dropped[1, 1] = True  # 19 (worst), 0/NaN, 6
+    overlap = demo.filter_overlap(views([error, error_nan], [dropped, dropped]), 0.1)
+    # image 1: 1 of 3 dropped pixels is among the worst; image 2: (0,0) has no ground truth -> 1 of 2
+    assert overlap == pytest.approx(2 / 5)
+    assert math.isnan(demo.filter_overlap(views([error], [np.zeros((4, 5), bool)]), 0.1))
+    assert math.isnan(demo.filter_overlap(views([np.full((4, 5), np.nan)], [dropped]), 0.1))
+
+
+# --------------------------------------------------------------------------- ablation tables
+
+
+def scores(source, target):
+    return {"source_test": {"abs_rel": source, "delta1": 0.5}, "target_test": {"abs_rel": target, "delta1": 0.6}}
+
+
+def test_ablation_tables_mean_over_seeds():
+    summary = {"seeds": [0, 1], "command": "pseudodepth demo --ablation", "rows": {
+        "teacher (labeled source only)": {"0": scores(0.2, 0.40), "1": scores(0.2, 0.60)},
+        "+ pseudo-labeled target pool": {"0": scores(0.2, 0.30), "1": scores(0.2, 0.50)},
+        "full recipe, filter ratio 0": {"0": scores(0.1, 0.45), "1": scores(0.1, 0.55)},
+    }}
+    cumulative, ratios = demo.ablation_tables(summary)
+    assert [r[0] for r in cumulative.rows] == ["teacher (labeled source only)", "+ pseudo-labeled target pool"]
+    assert cumulative.rows[0][3] == "0.5000 (0.4000 / 0.6000)"
+    assert cumulative.rows[0][5] == "+0.0%" and cumulative.rows[1][5] == "-20.0%"
+    assert ratios.rows == [["full recipe, filter ratio 0", "0.1000 (0.1000 / 0.1000)", "0.500 (0.500 / 0.500)",
+                            "0.5000 (0.4500 / 0.5500)", "0.600 (0.600 / 0.600)", "+0.0%"]]
+    text = demo.ablation_markdown(summary, demo.load_settings())
+    assert text.startswith("# Ablation") and "`pseudodepth demo --ablation`" in text
+    assert cumulative.markdown() in text and ratios.markdown() in text
+
+
+# --------------------------------------------------------------------------- end to end (quick)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("demo")
+    photos = PHOTOS if PHOTOS.is_dir() else False
+    metrics = demo.run_demo(out, quick=True, photos=photos, progress=False)
+    return out, metrics, photos
+
+
+def test_quick_demo_writes_metrics_and_report(quick_run):
+    out, metrics, photos = quick_run
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(metrics) == {"teacher", "student"}
+    for model in metrics.values():
+        assert set(model) == {"source_test", "target_test"}
+        for split in model.values():
+            assert 0 <= split["abs_rel"] < 10 and 0 <= split["delta1"] <= 1
+    for path in ("teacher/final/model.safetensors", "student/final/model.safetensors", "teacher/log.csv",
+                 "student/log.csv", "labels/target_unlabeled/manifest.parquet", "eval/target_test/per_image.csv",
+                 "run.json", "figures/examples.png", "figures/curves.png"):
+        assert (out / path).is_file(), path
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for section in ("Results", "What the models see", "Training", "Run"):
+        assert f"## {section}" in md and f">{section}</h2>" in page
+    for figure in ("figures/examples.png", "figures/curves.png"):
+        assert f"({figure})" in md and f'src="{figure}"' in page
+    if photos:
+        assert (out / "figures/photos.png").is_file() and "## Real photos" in md
+    with Image.open(out / "figures/examples.png") as image:  # 2 target + 2 source rows, 6 columns
+        assert image.width > 6 * 150 and image.height > 4 * 150
+
+
+def test_quick_demo_report_renders_in_chromium(quick_run):
+    out, _, _ = quick_run
+    if rp.find_chromium() is None:
+        pytest.skip("Chromium is not installed (Debian: apt-get install chromium); the browser check is skipped")
+    shot = np.asarray(Image.open(rp.screenshot(out / "report.html", out / "report.png")).convert("RGB"))
+    assert shot.shape[:2] == (2400, 1200)
+    coloured = (shot.max(axis=2).astype(int) - shot.min(axis=2)) > 60  # figure pixels, not text or white
+    assert coloured.mean() > 0.05
+
+
+def test_quick_ablation_reuses_the_main_run(quick_run):
+    out, metrics, _ = quick_run
+    settings = demo.load_settings(quick=True)
+    settings.ablation = {"seeds": [0], "filter_ratios": [0.1], "rows": [
+        {"name": "teacher (labeled source only)", "student": None},
+        {"name": "+ pseudo-labeled target pool",
+         "student": {"augment": {"strong": False, "cutmix_p": 0.0}, "loss": {"drop_top_ratio": 0.0},
+                     "feature_alignment": {"enabled": False}}},
+        {"name": "full recipe", "student": {}}]}
+    summary = demo.run_ablation(out, settings, progress=False, main_teacher=out / "teacher" / "final",
+                                main_student=out / "student" / "final")
+    rows = summary["rows"]
+    assert list(rows) == ["teacher (labeled source only)", "+ pseudo-labeled target pool", "full recipe",
+                          "full recipe, filter ratio 0.1"]
+    assert rows["full recipe"]["0"]["model"] == str(out / "student" / "final")  # trained once, by the demo
+    assert rows["full recipe, filter ratio 0.1"]["0"]["model"] == str(out / "student" / "final")
+    assert rows["teacher (labeled source only)"]["0"]["target_test"]["abs_rel"] == pytest.approx(
+        metrics["teacher"]["target_test"]["abs_rel"])
+    assert (out / "ablation" / "seed0" / "row1" / "final").is_dir()
+    assert json.loads((out / "ablation.json").read_text())["rows"].keys() == rows.keys()
+    assert "+ pseudo-labeled target pool" in (out / "ablation.md").read_text()
