@@ -22,6 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from common import (
+    write_table,  # bench/common.py (scripts run as `python bench/NAME.py`)
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"vits": (64, [48, 96, 192, 384]), "vitb": (128, [96, 192, 384, 768]), "vitl": (256, [256, 512, 1024, 1024])}
@@ -84,10 +87,7 @@ def main() -> None:
         lines.append(f"| {f.name} | {ref.shape[1]}x{ref.shape[0]} | {rel:.2e} | "
                      f"{float(np.abs(ours - ref).max() / np.abs(ref).max()):.2e} |")
     lines.append(f"\nWorst relative L2 error: {worst:.2e} (required: < 1e-3).")
-    table = "\n".join(lines)
-    print(table)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(table + "\n")
+    write_table("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, write_table  # bench/common.py (scripts run as `python bench/NAME.py`)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "photos"
@@ -120,7 +121,6 @@ def main() -> None:
         print(json.dumps(run_variant(a.child, a.images, a.model, a.batch_size, a.workers)))
         return
 
-    import torch
 
     rows = []
     for name in a.variants.split(","):
@@ -140,8 +140,7 @@ def main() -> None:
     lines = [
         f"Command: `.venv/bin/python bench/label_throughput.py --model {a.model} --batch-size {a.batch_size} "
         f"--workers {a.workers}` on {len(_images(a.images))} photos from `{a.images.name}/`",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}",
+        f"Machine: {machine()}, {time.strftime('%Y-%m-%d')}",
         "",
         "| variant | images | whole process (s) | images/s (whole process) | images/s (steady) | vs official (whole) |",
         "|---|---|---|---|---|---|",
@@ -157,10 +156,7 @@ def main() -> None:
             lab, ceil = fwd[f"label-{prec}"], fwd[f"fwd-{prec}"]
             lines.append(f"\n`label --precision {prec}` steady-state throughput is "
                          f"{100 * (lab[1] / lab[3]) / (ceil[1] / ceil[3]):.0f}% of the forward-only ceiling.")
-    table = "\n".join(lines)
-    print(table)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(table + "\n")
+    write_table("\n".join(lines), a.out)
 
 
 if __name__ == "__main__":

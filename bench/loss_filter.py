@@ -28,6 +28,10 @@ from typing import Callable
 from unittest import mock
 
 import torch
+from common import (  # bench/common.py (scripts run as `python bench/NAME.py`)
+    cpu_model,
+    write_table,
+)
 
 from pseudodepth import losses
 
@@ -120,13 +124,6 @@ def table(sizes: list[int], repeats: int, ratio: float) -> list[str]:
     return lines
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="8,64", help="comma-separated batch sizes (maps are B x 518 x 518)")
@@ -158,10 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             "",
             *lines,
         ]
-    text = "\n".join(report) + "\n"
-    print("\n" + text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_table("\n".join(report), args.out)
 
 
 if __name__ == "__main__":
