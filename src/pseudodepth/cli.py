@@ -101,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")
     p.set_defaults(func=cmd_label)
 
+    from .demo import add_demo_parser
     from .train import add_train_parser
 
     add_train_parser(sub)
+    add_demo_parser(sub)
 
     p = sub.add_parser("eval", help="zero-shot relative-depth metrics (least-squares affine alignment)")
     _model_args(p, repeat=True)

@@ -1,0 +1,688 @@
+"""``pseudodepth demo``: teacher -> pseudo-labels -> student, end to end on generated scenes, with a report.
+
+Every stage runs the real command's code (``DIR`` is ``--out``)::
+
+    1 data     synth.make_demo_data       DIR/data/{source_train, target_unlabeled, source_test, target_test}
+    2 teacher  train(demo_teacher.yaml)   DIR/teacher/   labeled source scenes only
+    3 label    label.label_folder         DIR/labels/target_unlabeled/ (+ DIR/labels/photos/, the real photos)
+    4 student  train(demo_student.yaml)   DIR/student/   labeled source + the pseudo-labeled target pool
+    5 eval     evaluate.evaluate          DIR/eval/{source_test, target_test}/
+    6 report   report.Report              DIR/metrics.json, DIR/report.md, DIR/report.html, DIR/figures/
+
+The source domain (indoor rooms) has depth; the target domain (outdoor scenes with sky) has only
+images. The teacher never sees the target domain; the student sees the target pool through the
+teacher's pseudo-labels, with the recipe's strong perturbations, CutMix, top-10% loss filtering and
+feature alignment to the frozen teacher encoder. ``--ablation`` then trains the rows of Depth
+Anything V1's Table 9 (:func:`run_ablation`) and writes ``DIR/ablation.md``.
+
+Settings are data: ``configs/demo.yaml`` (sizes, input size, figures, quick mode, ablation rows)
+and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_student.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import yaml
+
+from . import report as rp
+from .colorize import colorize
+from .config import config_from_dict
+from .data.sources import folder as folder_source
+from .evaluate import evaluate
+from .imageio import read_rgb
+from .infer import predict
+from .label import LabelSettings, label_folder
+from .losses import pseudo_label_terms
+from .metrics import align_least_squares
+from .models import load_model
+from .store import LabelStore
+from .synth import make_demo_data
+from .train import train
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+TEST_SPLITS = ("source_test", "target_test")
+MODELS = ("teacher", "student")
+SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
+DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train"}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: nested mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass
+class DemoSettings:
+    """Everything a demo run needs: ``configs/demo.yaml`` plus the two training recipes (YAML data)."""
+
+    data: dict
+    input_size: int
+    label_batch_size: int
+    examples: int
+    photos: int
+    photos_to_label: int | None
+    teacher: dict
+    student: dict
+    ablation: dict = field(default_factory=dict)
+    quick: bool = False
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: cannot read the demo settings ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def _check_keys(data: dict, allowed: set[str], where: str, required: bool = False) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    missing = sorted(allowed - set(data))
+    if required and missing:
+        raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
+
+
+def load_settings(quick: bool = False, config_dir: str | os.PathLike = CONFIG_DIR) -> DemoSettings:
+    """Read ``demo.yaml``, ``demo_teacher.yaml`` and ``demo_student.yaml`` from ``config_dir``;
+    ``quick`` merges the ``quick:`` section over them (its ``train:`` goes into both recipes)."""
+    config_dir = Path(config_dir)
+    path = config_dir / "demo.yaml"
+    raw = _read_yaml(path)
+    _check_keys(raw, SETTINGS_KEYS, str(path), required=True)
+    teacher = _read_yaml(config_dir / "demo_teacher.yaml")
+    student = _read_yaml(config_dir / "demo_student.yaml")
+    if quick:
+        changes = raw["quick"] or {}
+        _check_keys(changes, QUICK_KEYS, f"{path}: quick")
+        train_changes = {"train": changes.pop("train", {})}
+        raw = deep_merge(raw, changes)
+        teacher, student = deep_merge(teacher, train_changes), deep_merge(student, train_changes)
+    _check_keys(raw["data"], DATA_KEYS, f"{path}: data", required=True)
+    _check_keys(raw["figures"], {"examples", "photos"}, f"{path}: figures", required=True)
+    return DemoSettings(data=dict(raw["data"], size=tuple(raw["data"]["size"])), input_size=int(raw["input_size"]),
+                        label_batch_size=int(raw["label_batch_size"]), examples=int(raw["figures"]["examples"]),
+                        photos=int(raw["figures"]["photos"]), photos_to_label=raw["photos_to_label"], teacher=teacher, student=student,
+                        ablation=raw["ablation"] or {}, quick=quick)
+
+
+def photo_subset(photos: Path, count: int | None, out: Path) -> Path:
+    """``photos`` itself, or with a ``count`` a folder ``out`` of links to its first ``count`` images."""
+    if count is None:
+        return photos
+    images = [p for p in sorted(photos.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()][:count]
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for image in images:
+        (out / image.name).symlink_to(image.resolve())
+    return out
+
+
+def default_photos() -> Path | None:
+    """The real photos beside the checkout (``../shared/data/photos``), if present."""
+    candidates = [Path(__file__).resolve().parents[3] / "shared" / "data" / "photos",
+                  Path.cwd().parent / "shared" / "data" / "photos"]
+    return next((p for p in candidates if p.is_dir()), None)
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Stages:
+    """Announces numbered stages on stderr and records each one's wall time in ``seconds``."""
+
+    def __init__(self, total: int, progress: bool = True) -> None:
+        self.total, self.progress, self.done = total, progress, 0
+        self.seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def say(self, text: str) -> None:
+        if self.progress:
+            print(text, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, what: str):
+        self.done += 1
+        self.say(f"[{self.done}/{self.total}] {name}: {what}")
+        tic = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tic
+        self.say(f"[{self.done}/{self.total}] {name}: done in {time.perf_counter() - tic:.1f} s "
+                 f"(total {time.perf_counter() - self.start:.0f} s)")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished child processes (render and data-loader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def generate_data(out: Path, data: dict) -> dict[str, Path]:
+    """``out/data/<split>`` from :func:`pseudodepth.synth.make_demo_data`; reused when an earlier run
+    wrote the same settings (``out/data/demo_data.json``)."""
+    root = out / "data"
+    marker = root / "demo_data.json"
+    wanted = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data.items())})
+    splits = ("source_train", "target_unlabeled", *TEST_SPLITS)
+    if marker.is_file() and marker.read_text() == wanted and all((root / s / "images").is_dir() for s in splits):
+        return {s: root / s for s in splits}
+    shutil.rmtree(root, ignore_errors=True)
+    folders = make_demo_data(root, **data)
+    marker.write_text(wanted)
+    return folders
+
+
+def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: str = "recipe") -> Path:
+    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top,
+    from scratch (an earlier run in the same folder is removed); returns the final model folder."""
+    config = config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name)
+    shutil.rmtree(config.out_dir, ignore_errors=True)
+    return train(config)
+
+
+def pseudo_label(teacher: Path, images: Path, store: Path, settings: DemoSettings, progress: bool) -> str:
+    """Label ``images`` into the label store ``store`` with ``teacher`` (relabelling everything);
+    returns the one-line summary."""
+    report = label_folder(str(teacher), images, store, batch_size=settings.label_batch_size, workers=1,
+                          settings=LabelSettings(input_size=settings.input_size), overwrite=True, progress=progress)
+    if report.ok == 0:
+        raise RuntimeError(f"{store}: no image of {images} could be labelled: {report.failures[:3]}")
+    return report.summary() + (f" ({'; '.join(report.failures)})" if report.failures else "")
+
+
+def evaluate_models(models: dict[str, Any], data: Path, settings: DemoSettings, out: Path | None,
+                    progress: bool) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {split: metrics}}`` on ``data/<split>`` for the test splits (``out/<split>/`` files)."""
+    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
+    for split in TEST_SPLITS:
+        scores = evaluate(models, f"folder:{data / split}", input_size=settings.input_size, progress=progress,
+                          out_dir=None if out is None else out / split)
+        for name in models:
+            results[name][split] = scores[name]
+    return results
+
+
+# --------------------------------------------------------------------------- per-pixel views
+
+
+def abs_rel_map(pred_disparity: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray,
+                min_depth: float, max_depth: float) -> np.ndarray:
+    """Per-pixel AbsRel ``|d - g| / g`` of a prediction after the evaluation's least-squares alignment
+    (:func:`pseudodepth.metrics.align_least_squares`, disparity space); NaN outside ``valid``."""
+    valid = np.asarray(valid, dtype=bool) & np.isfinite(gt_depth) & (gt_depth > 0)
+    if not valid.any():
+        return np.full(gt_depth.shape, np.nan)
+    depth = align_least_squares(pred_disparity, gt_depth, valid, "disparity", min_depth=min_depth,
+                                max_depth=max_depth)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(valid, np.abs(depth - gt_depth) / gt_depth, np.nan)
+
+
+def filter_dropped(pred: np.ndarray, pseudo: np.ndarray, ratio: float) -> np.ndarray:
+    """Pixels the V2 filter drops when ``pred`` is trained on the pseudo-label ``pseudo`` (H x W disparities):
+    the ``ratio`` largest of the per-pixel SSI losses ``|pred_hat - pseudo_hat|``
+    (:func:`pseudodepth.losses.pseudo_label_terms`, every pixel valid as for a pseudo-label)."""
+    pred_t = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None]
+    pseudo_t = torch.as_tensor(np.asarray(pseudo, dtype=np.float32))[None]
+    terms = pseudo_label_terms(pred_t, pseudo_t, torch.ones_like(pred_t, dtype=torch.bool), drop_ratio=ratio)
+    return ~terms.keep[0].numpy()
+
+
+@dataclass
+class SceneViews:
+    """Predictions on one labeled test image and what the figures and filter statistics need."""
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    valid: np.ndarray
+    teacher: np.ndarray
+    student: np.ndarray
+    teacher_error: np.ndarray  # per-pixel AbsRel, NaN where the ground truth is invalid
+    dropped: np.ndarray  # pixels the filter drops (student on the teacher's pseudo-label)
+
+
+def scene_views(models: dict[str, torch.nn.Module], split_dir: Path, indices: list[int], input_size: int,
+               ratio: float) -> list[SceneViews]:
+    source = folder_source(split_dir)
+    views = []
+    for i in indices:
+        rgb, depth, valid = source.load(i)
+        teacher = predict(models["teacher"], rgb, input_size)
+        student = predict(models["student"], rgb, input_size)
+        error = abs_rel_map(teacher, depth, valid, source.min_depth, source.max_depth)
+        views.append(SceneViews(rgb, depth, valid, teacher, student, error, filter_dropped(student, teacher, ratio)))
+    return views
+
+
+def filter_overlap(views: list[SceneViews], ratio: float) -> float:
+    """Share of the filter's dropped pixels (on valid ground truth) that lie among each image's top ``ratio``
+    teacher errors (per-pixel AbsRel); a filter that knew nothing would score ``ratio``."""
+    hits = total = 0
+    for v in views:
+        ok = np.isfinite(v.teacher_error)
+        if not ok.any():
+            continue
+        worst = v.teacher_error >= np.quantile(v.teacher_error[ok], 1 - ratio)
+        dropped = v.dropped & ok
+        hits += int((dropped & worst).sum())
+        total += int(dropped.sum())
+    return hits / total if total else float("nan")
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _gt_panel(view: SceneViews) -> np.ndarray:
+    disparity = np.where(view.valid, 1.0 / np.maximum(view.depth, 1e-6), np.nan)
+    return colorize(disparity, view.valid)
+
+
+def comparison_figure(views: list[SceneViews], titles: list[str]) -> np.ndarray:
+    columns = ["input", "ground truth", "teacher", "student", "teacher error (AbsRel)", "dropped by the filter"]
+    rows = [[v.rgb, _gt_panel(v), colorize(v.teacher), colorize(v.student),
+             rp.heatmap(v.teacher_error, 0.5, np.isfinite(v.teacher_error), invalid_color=(190, 190, 190)), rp.overlay_mask(v.rgb, v.dropped)]
+            for v in views]
+    return rp.image_grid(rows, columns, titles, panel_height=150)
+
+
+def photo_figure(store: Path, student: torch.nn.Module, count: int, input_size: int,
+                 per_row: int = 2) -> tuple[np.ndarray, list[str]]:
+    """Real photos with the teacher's stored pseudo-labels and the student's prediction."""
+    label_store = LabelStore(store)
+    rows_ok = label_store.rows(status="ok")[:count]
+    triplets, names = [], []
+    for row in rows_ok:
+        rgb = read_rgb(label_store.source_path(row))
+        scale = 320 / max(rgb.shape[:2])
+        small = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        pseudo = label_store.read_disparity(row)
+        student_disp = predict(student, rgb, input_size)
+        triplets.append([small, colorize(pseudo), colorize(student_disp)])
+        names.append(row["source"])
+    rows = [sum(triplets[i:i + per_row], []) for i in range(0, len(triplets), per_row)]
+    width = 3 * min(per_row, len(triplets))
+    rows = [r + [np.full((8, 8, 3), 255, np.uint8)] * (width - len(r)) for r in rows]
+    titles = ["photo", "teacher pseudo-label", "student"] * (width // 3)
+    return rp.image_grid(rows, titles, panel_height=150), names
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+@dataclass
+class DemoRun:
+    """Paths and results of one demo run (what the report is built from)."""
+
+    out: Path
+    settings: DemoSettings
+    folders: dict[str, Path]
+    metrics: dict[str, dict[str, dict[str, float]]]
+    label_summary: str
+    photos: Path | None
+    photo_summary: str
+    seconds: dict[str, float]
+    ablation: dict | None = None
+
+
+def _photos_folder(photos: str | os.PathLike | bool | None) -> Path | None:
+    if photos is False:
+        return None
+    if photos is None or photos is True:
+        return default_photos()
+    path = Path(photos)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: photos folder not found; pass --photos DIR with images, or --no-photos")
+    return path
+
+
+def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation: bool = False,
+             photos: str | os.PathLike | bool | None = None, progress: bool = True) -> dict:
+    """Run the whole loop into ``out``; returns ``metrics.json``'s content
+    ``{"teacher": {split: {"abs_rel": .., "delta1": .., ...}}, "student": {...}}``.
+
+    ``quick`` runs every stage at toy size (seconds; for tests). ``ablation`` also trains the rows
+    of Table 9 (:func:`run_ablation`, much longer). ``photos``: a folder of real photos to
+    pseudo-label for the pictures; None looks for ``../shared/data/photos``, False skips them.
+    """
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    settings = load_settings(quick)
+    photo_dir = _photos_folder(photos)
+    stages = Stages(6 + (1 if ablation else 0), progress)
+    stages.say(f"pseudodepth demo -> {out}" + (" (quick)" if quick else ""))
+    d = settings.data
+
+    with stages("data", f"rendering {d['n_source_train']} labeled source scenes, {d['n_target_unlabeled']} unlabeled "
+                        f"target scenes, {d['n_source_test']} + {d['n_target_test']} test scenes"):
+        folders = generate_data(out, settings.data)
+    with stages("teacher", f"training on the {d['n_source_train']} labeled source scenes only"):
+        teacher = train_recipe(settings.teacher, out, name="configs/demo_teacher.yaml")
+    with stages("label", f"pseudo-labelling the {d['n_target_unlabeled']} target images"
+                         + (f" and the photos in {photo_dir}" if photo_dir else "")):
+        label_summary = pseudo_label(teacher, folders["target_unlabeled"], out / "labels" / "target_unlabeled",
+                                     settings, progress)
+        photo_summary = ""
+        if photo_dir is not None:
+            to_label = photo_subset(photo_dir, settings.photos_to_label, out / "data" / "photos")
+            photo_summary = pseudo_label(teacher, to_label, out / "labels" / "photos", settings, progress)
+    with stages("student", "training on labeled source + pseudo-labeled target images"):
+        student = train_recipe(settings.student, out, name="configs/demo_student.yaml")
+    with stages("eval", f"teacher and student on {' and '.join(TEST_SPLITS)}"):
+        models = {"teacher": load_model(teacher), "student": load_model(student)}
+        metrics = evaluate_models(models, out / "data", settings, out / "eval", progress)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    run = DemoRun(out, settings, folders, metrics, label_summary, photo_dir, photo_summary, stages.seconds)
+    if ablation:
+        with stages("ablation", "Table 9 rows (several teachers and students; this takes a while)"):
+            run.ablation = run_ablation(out, settings, progress, main_teacher=teacher, main_student=student)
+    with stages("report", "figures, report.md and report.html"):
+        write_demo_report(run, models)
+    (out / "run.json").write_text(json.dumps({"quick": quick, "seconds": stages.seconds,
+                                              "total_seconds": time.perf_counter() - stages.start,
+                                              "cpu_seconds": cpu_seconds(), "label": label_summary,
+                                              "photos": photo_summary}, indent=2) + "\n")
+    teacher_target, student_target = (metrics[m]["target_test"]["abs_rel"] for m in MODELS)
+    stages.say(f"target_test AbsRel: teacher {teacher_target:.4f}, student {student_target:.4f} "
+               f"({'student ahead' if student_target < teacher_target else 'student NOT ahead'}); "
+               f"report: {out / 'report.html'}")
+    return metrics
+
+
+# --------------------------------------------------------------------------- ablation
+
+
+def _row_key(recipe: dict) -> str:
+    return json.dumps(recipe, sort_keys=True)
+
+
+def ablation_runs(settings: DemoSettings) -> list[tuple[str, dict | None]]:
+    """``(name, student overrides or None for the teacher)`` of every ablation row: the cumulative rows,
+    then the full recipe at each filter ratio (rows that equal an earlier one are kept, they are trained once)."""
+    rows = [(r["name"], r.get("student")) for r in settings.ablation.get("rows", [])]
+    for ratio in settings.ablation.get("filter_ratios", []):
+        rows.append((f"full recipe, filter ratio {ratio:g}", {"loss": {"drop_top_ratio": float(ratio)}}))
+    return rows
+
+
+def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher: Path | None = None,
+                 main_student: Path | None = None) -> dict:
+    """Train and evaluate every ablation row for every seed; writes ``out/ablation.json`` and ``out/ablation.md``.
+
+    Per seed ``s`` the whole chain is rerun with ``train.seed = s``: teacher, pseudo-labels, students
+    (the main run's teacher and student are reused for the recipes' own seed). Rows with the same
+    resulting recipe are trained once.
+    """
+    main_seed = settings.student["train"]["seed"]
+    seeds = settings.ablation.get("seeds", [main_seed])
+    rows = ablation_runs(settings)
+    results: dict[str, dict[str, dict]] = {name: {} for name, _ in rows}
+    for seed in seeds:
+        base = out / "ablation" / f"seed{seed}"
+        if seed == main_seed and main_teacher is not None:
+            teacher, store = main_teacher, out / "labels" / "target_unlabeled"
+        else:
+            teacher = train_recipe(settings.teacher, out, {"train": {"seed": seed, "out": str(base / "teacher")}},
+                                   name=f"configs/demo_teacher.yaml (ablation seed {seed})")
+            store = base / "labels"
+            pseudo_label(teacher, out / "data" / "target_unlabeled", store, settings, progress)
+        trained: dict[str, Path] = {}
+        if seed == main_seed and main_student is not None:
+            trained[_row_key(settings.student)] = main_student
+        for index, (name, overrides) in enumerate(rows):
+            if overrides is None:
+                model = teacher
+            else:
+                recipe = deep_merge(settings.student, overrides)
+                key = _row_key(recipe)
+                if key not in trained:
+                    slug = f"row{index}"
+                    trained[key] = train_recipe(recipe, out, {
+                        "data": {"unlabeled": [{"type": "label_store", "root": str(store)}]},
+                        "feature_alignment": {"frozen": str(teacher)} if recipe["feature_alignment"]["frozen"] else {},
+                        "train": {"seed": seed, "out": str(base / slug)}}, name=f"ablation row {name!r}, seed {seed}")
+                model = trained[key]
+            scores = evaluate_models({name: load_model(model)}, out / "data", settings, None, progress)[name]
+            results[name][str(seed)] = {"model": str(model), **scores}
+    summary = {"seeds": seeds, "rows": results, "command": "pseudodepth demo --ablation" + (" --quick" if settings.quick else "")}
+    (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "ablation.md").write_text(ablation_markdown(summary, settings))
+    return summary
+
+
+def _mean_cell(per_seed: dict, split: str, metric: str, fmt: str) -> str:
+    values = [scores[split][metric] for scores in per_seed.values()]
+    cell = format(float(np.mean(values)), fmt)
+    return cell + (f" ({' / '.join(format(v, fmt) for v in values)})" if len(values) > 1 else "")
+
+
+def ablation_tables(summary: dict) -> list[rp.Table]:
+    """The ablation as tables: the cumulative rows, then the filter ratios (mean over seeds, per seed in brackets)."""
+    header = ["", "source_test AbsRel ↓", "source_test δ1 ↑", "target_test AbsRel ↓", "target_test δ1 ↑",
+              "target AbsRel vs teacher"]
+    rows = summary["rows"]
+    teacher = next(iter(rows.values()))
+    teacher_target = np.mean([s["target_test"]["abs_rel"] for s in teacher.values()])
+    table_rows: list[list[list[str]]] = [[], []]
+    for name, per_seed in rows.items():
+        target = np.mean([s["target_test"]["abs_rel"] for s in per_seed.values()])
+        change = f"{100 * (target / teacher_target - 1):+.1f}%"
+        which = 1 if name.startswith("full recipe, filter ratio") else 0
+        table_rows[which].append([name, _mean_cell(per_seed, "source_test", "abs_rel", ".4f"),
+                                  _mean_cell(per_seed, "source_test", "delta1", ".3f"),
+                                  _mean_cell(per_seed, "target_test", "abs_rel", ".4f"),
+                                  _mean_cell(per_seed, "target_test", "delta1", ".3f"), change])
+    seeds = ", ".join(map(str, summary["seeds"]))
+    tables = [rp.Table(header, table_rows[0], f"Each row adds one lever to the row above. Mean over seeds {seeds}"
+                                             + (" (per seed in brackets)." if len(summary["seeds"]) > 1 else "."))]
+    if table_rows[1]:
+        tables.append(rp.Table(["filter ratio (full recipe)", *header[1:]], table_rows[1],
+                               "Top-n% loss filtering on the pseudo-labels: n = 0 keeps every pixel."))
+    return tables
+
+
+def ablation_markdown(summary: dict, settings: DemoSettings) -> str:
+    """``ablation.md``: the command, what was trained, and the tables (generated, never typed by hand)."""
+    d, t, s = settings.data, settings.teacher["train"], settings.student["train"]
+    lines = [
+        "# Ablation: Depth Anything V1 Table 9 at small scale",
+        "",
+        f"Command: `{summary['command']}` (written by `pseudodepth.demo.run_ablation`).",
+        "",
+        f"Data: {d['n_source_train']} labeled source scenes (indoor), {d['n_target_unlabeled']} unlabeled target "
+        f"scenes (outdoor), tested on {d['n_source_test']} + {d['n_target_test']} held-out scenes. Model "
+        f"`{settings.teacher['model']['init']}`; teacher {t['steps']} steps x {t['batch_size']} images; each student "
+        f"{s['steps']} steps x {s['batch_size']} images (labeled : unlabeled = {s['labeled_ratio'][0]} : "
+        f"{s['labeled_ratio'][1]}), the same random initialisation as the teacher. Input size {settings.input_size}; "
+        "AbsRel and δ1 after least-squares alignment in disparity space.",
+        "",
+    ]
+    for table in ablation_tables(summary):
+        lines += [table.markdown(), ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt_metric(value: float, metric: str) -> str:
+    return format(value, ".4f" if metric == "abs_rel" else ".3f")
+
+
+def metrics_table(metrics: dict) -> rp.Table:
+    rows = []
+    for split in TEST_SPLITS:
+        for metric, arrow in (("abs_rel", "AbsRel ↓"), ("delta1", "δ1 ↑")):
+            t, s = metrics["teacher"][split][metric], metrics["student"][split][metric]
+            better = s < t if metric == "abs_rel" else s > t
+            change = f"{100 * (s / t - 1):+.1f}%" if t else "n/a"
+            rows.append([f"`{split}`", arrow, _fmt_metric(t, metric),
+                         f"**{_fmt_metric(s, metric)}**" if better else _fmt_metric(s, metric), change])
+    return rp.Table(["test split", "metric", "teacher", "student", "student vs teacher"], rows,
+                    "Least-squares scale and shift in disparity space per image, then metrics in depth; mean over images.")
+
+
+def _recipe_table(settings: DemoSettings) -> rp.Table:
+    t, s = settings.teacher, settings.student
+    fa = s["feature_alignment"]
+    rows = [
+        ["model", f"`{t['model']['init']}` (random init)", f"`{s['model']['init']}` (the same random init)"],
+        ["data", f"{settings.data['n_source_train']} labeled source scenes",
+         f"the same + {settings.data['n_target_unlabeled']} pseudo-labeled target images"],
+        ["steps x batch", f"{t['train']['steps']} x {t['train']['batch_size']}",
+         f"{s['train']['steps']} x {s['train']['batch_size']} (labeled : unlabeled = "
+         f"{s['train']['labeled_ratio'][0]} : {s['train']['labeled_ratio'][1]})"],
+        ["crops / precision", f"{t['train']['crop_size']} / {t['train']['precision']}",
+         f"{s['train']['crop_size']} / {s['train']['precision']}"],
+        ["loss", "SSI + 2 x gradient matching", f"the same; pseudo-labels drop their top "
+                                                 f"{100 * s['loss']['drop_top_ratio']:g}% losses"],
+        ["perturbations", "flips", ("colour jitter, grayscale, blur" if s["augment"]["strong"] else "none")
+         + f"; CutMix p = {s['augment']['cutmix_p']:g}; flips"],
+        ["feature alignment", "-", (f"1 - cos to the frozen teacher encoder, margin {fa['margin']:g}"
+                                    if fa["enabled"] else "off")],
+        ["learning rate", f"{t['optim']['encoder_lr']:g} (decoder x {t['optim']['decoder_lr_mult']:g}), "
+                          f"{t['optim']['schedule']}", f"{s['optim']['encoder_lr']:g} (decoder x "
+                                                       f"{s['optim']['decoder_lr_mult']:g}), {s['optim']['schedule']}"],
+    ]
+    return rp.Table(["", "teacher", "student"], rows)
+
+
+def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple[Path, Path]:
+    """Figures under ``out/figures/`` and ``out/report.md`` / ``out/report.html``."""
+    out, settings, metrics = run.out, run.settings, run.metrics
+    ratio = float(settings.student["loss"]["drop_top_ratio"]) or 0.1
+    n_target = settings.data["n_target_test"]
+    target_views = scene_views(models, out / "data" / "target_test", list(range(n_target)), settings.input_size, ratio)
+    overlap = filter_overlap(target_views, ratio)
+    shown = target_views[:settings.examples]
+    source_views = scene_views(models, out / "data" / "source_test", list(range(min(2, settings.data["n_source_test"]))),
+                              settings.input_size, ratio)
+    rows = [f"target {i}" for i in range(len(shown))] + [f"source {i}" for i in range(len(source_views))]
+    examples = rp.save_figure(out, "figures/examples.png", comparison_figure(shown + source_views, rows))
+    logs = {name: rp.read_log(out / name / "log.csv") for name in MODELS}
+    curves = str(rp.plot_curves(logs, [("total loss", ["loss"]), ("labeled source images", ["labeled_loss"]),
+                                       ("student: pseudo-labeled images", ["unlabeled_loss"]),
+                                       ("student: feature alignment (1 - cos)", ["feature_alignment"])],
+                                out / "figures" / "curves.png").relative_to(out))
+
+    t_target, s_target = (metrics[m]["target_test"]["abs_rel"] for m in MODELS)
+    verdict = (f"The student is ahead on the target domain: AbsRel {t_target:.4f} -> **{s_target:.4f}** "
+               f"({100 * (s_target / t_target - 1):+.1f}%)." if s_target < t_target else
+               f"The student is **not** ahead on the target domain in this run: AbsRel {t_target:.4f} (teacher) vs "
+               f"{s_target:.4f} (student).")
+    doc = rp.Report("pseudodepth demo: teacher -> pseudo-labels -> student", intro=[
+        "Depth Anything's loop at toy scale, on this machine's CPU: a **teacher** trained on labeled scenes of "
+        "one domain (indoor rooms) pseudo-labels unlabeled images of another domain (outdoor scenes with sky); a "
+        "**student** trained on the labeled scenes plus those pseudo-labels is then compared with its teacher on "
+        "held-out scenes of both domains. " + verdict,
+        "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
+                                                               if settings.quick else "")
+        + f"; `metrics.json` holds the numbers, `eval/` the per-image scores.",
+    ])
+    doc.add("Results", metrics_table(metrics),
+            "Relative depth, evaluated as Depth Anything does: the prediction is affine-invariant disparity, so "
+            "each image gets the least-squares scale and shift against the ground truth before AbsRel "
+            "(mean |d - g| / g, lower is better) and δ1 (share of pixels within 1.25x, higher is better).")
+    doc.add("What the models see", rp.Figure(
+        examples, "Held-out scenes (4 target, 2 source). Depth maps are disparity in Spectral_r (near = warm), "
+                  "each min-max scaled; ground truth is black where invalid (sky, beyond 60 m). Teacher error: "
+                  "per-pixel AbsRel after alignment, 0 (black) to 0.5 (yellow), grey where invalid. Dropped by the filter: the top "
+                  f"{100 * ratio:g}% per-pixel SSI losses of the final student against the teacher's prediction, "
+                  "i.e. what the V2 filter would ignore if the scene were in the unlabeled pool."),
+        f"On all {n_target} target test scenes, {100 * overlap:.0f}% of the dropped pixels with ground truth are "
+        f"among the teacher's worst {100 * ratio:g}% pixels of the scene (a filter that knew nothing would score "
+        f"{100 * ratio:g}%): the filter mostly drops where the student and teacher disagree, which is only partly "
+        "where the teacher is wrong.")
+    if run.photos is not None:
+        figure, names = photo_figure(out / "labels" / "photos", models["student"], settings.photos,
+                                     settings.input_size)
+        path = rp.save_figure(out, "figures/photos.png", figure)
+        doc.add("Real photos", rp.Figure(path, f"Pseudo-labels of real photos ({', '.join(names)} from "
+                                                f"`{run.photos}`) by the teacher, and the student's prediction."),
+                f"Label store `labels/photos`: {run.photo_summary}. Both models learnt depth from a few hundred "
+                "rendered scenes only, so on real photos they capture coarse layout at best; the released Depth "
+                "Anything models are what to label real images with.")
+    doc.add("Training", rp.Figure(curves, "Training logs (`teacher/log.csv`, `student/log.csv`): total loss, loss "
+                                          "on labeled source images, and the student's pseudo-label loss (after "
+                                          "filtering) and feature-alignment term."),
+            _recipe_table(settings),
+            "Nothing is pretrained here: the student starts from the same random initialisation as the teacher "
+            "(Depth Anything starts its student from a pretrained DINOv2 encoder, not from the teacher). Its feature "
+            "alignment pulls its encoder towards the frozen teacher encoder.",
+            f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
+    if run.ablation is not None:
+        doc.add("Ablation (Table 9 at small scale)", *ablation_tables(run.ablation),
+                f"Command: `{run.ablation['command']}`; also written to `ablation.md`.")
+    seconds = [[name, f"{sec:.0f}"] for name, sec in run.seconds.items()]
+    doc.add("Run", rp.Table(["stage", "seconds"], seconds + [["total", f"{sum(run.seconds.values()):.0f}"]],
+                            f"Wall time on this machine ({os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                            f"{torch.get_num_threads()} threads; CPU time so far {cpu_seconds():.0f} s). "
+                            "The machine may be shared: `run.json` has the timings of the whole run."))
+    return doc.write(out)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_demo_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``demo [--out DIR] [--quick] [--ablation] [--photos DIR | --no-photos]`` to a CLI's sub-parsers."""
+    p = subparsers.add_parser("demo", help="the whole teacher -> pseudo-label -> student loop on generated "
+                                           "scenes, with a report (about 10 minutes on 2 CPU cores)")
+    p.add_argument("--out", default="demo_out", help="output folder (data, models, report.html, metrics.json)")
+    p.add_argument("--quick", action="store_true", help="toy sizes: every stage in seconds (a smoke test)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train the rows of Depth Anything's Table 9 and write ablation.md (much longer)")
+    photos = p.add_mutually_exclusive_group()
+    photos.add_argument("--photos", default=None, help="folder of real photos to pseudo-label for the report "
+                                                       "(default: ../shared/data/photos if present)")
+    photos.add_argument("--no-photos", dest="photos", action="store_false", help="skip the real photos")
+    p.set_defaults(func=run_from_args)
+    return p
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    run_demo(args.out, quick=args.quick, ablation=args.ablation, photos=args.photos)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pseudodepth.demo [--out DIR] ...``."""
+    parser = argparse.ArgumentParser(prog="pseudodepth demo", description=__doc__.split("\n")[0])
+    add_demo_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["demo", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
