@@ -1,4 +1,4 @@
-"""Assemble BENCHMARKS.md from the tables the benchmark scripts wrote to bench/results/.
+"""Assemble BENCHMARKS.md (and README's benchmark section) from the tables in bench/results/.
 
 Usage: .venv/bin/python bench/collect.py   (after running the scripts; nothing here is typed by hand)
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+README_START, README_END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 SECTIONS = [  # (results file, heading, what it measures)
     ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
      "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
@@ -29,7 +30,11 @@ def main() -> None:
         if path.is_file():
             parts += [f"## {heading}", "", what, "", path.read_text().strip(), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
-    print(f"wrote {ROOT / 'BENCHMARKS.md'}")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + ("\n" + "\n".join(parts[4:])).replace("\n## ", "\n### ") + "\n" + text[end:])
+    print(f"wrote {ROOT / 'BENCHMARKS.md'} and the benchmark section of README.md")
 
 
 if __name__ == "__main__":
