@@ -40,7 +40,7 @@ def test_shipped_settings_load_and_quick_shrinks_everything():
     # the student starts where the teacher started, and trains at least as long
     assert full.student["model"] == full.teacher["model"]
     assert full.student["train"]["steps"] >= full.teacher["train"]["steps"]
-    names = [name for name, _ in demo.ablation_runs(full)]
+    names = [row.name for row in demo.ablation_runs(full)]
     assert names[0].startswith("teacher") and len(names) == len(set(names))
 
 
@@ -55,14 +55,17 @@ def test_settings_errors_name_the_file_and_key(tmp_path):
         demo.load_settings(config_dir=tmp_path / "configs")
 
 
-def test_photo_subset_links_the_first_images(tmp_path):
+def test_link_first_images_links_the_first_images(tmp_path):
     source = tmp_path / "photos"
     source.mkdir()
     for name in ("b.jpg", "a.png", "README.md", "c.JPG"):
         (source / name).write_bytes(b"x")
-    assert demo.photo_subset(source, None, tmp_path / "sub") == source
-    subset = demo.photo_subset(source, 2, tmp_path / "sub")
+    assert demo.link_first_images(source, None, tmp_path / "sub") == source
+    subset = demo.link_first_images(source, 2, tmp_path / "sub")
     assert sorted(p.name for p in subset.iterdir()) == ["a.png", "b.jpg"]
+    assert (subset / "a.png").resolve() == (source / "a.png").resolve()
+    assert sorted(p.name for p in demo.link_first_images(source, 9, tmp_path / "sub").iterdir()) == [
+        "a.png", "b.jpg", "c.JPG"]
 
 
 def test_cli_arguments():
@@ -193,17 +196,31 @@ def scores(source, target):
     return {"source_test": {"abs_rel": source, "delta1": 0.5}, "target_test": {"abs_rel": target, "delta1": 0.6}}
 
 
+def test_ablation_rows_come_from_the_settings():
+    settings = demo.load_settings()
+    settings.ablation = {"rows": [{"name": "teacher", "student": None}, {"name": "full", "student": {}}],
+                         "filter_ratios": [0.0, 0.2], "pool_sizes": [5, 10**9]}
+    rows = demo.ablation_runs(settings)
+    full_pool = settings.data["n_target_unlabeled"]
+    assert [(r.name, r.group, r.pool) for r in rows] == [
+        ("teacher", "cumulative", None), ("full", "cumulative", None), ("filter ratio 0", "filter", None),
+        ("filter ratio 0.2", "filter", None), ("5 unlabeled images", "pool", 5),
+        (f"{full_pool} unlabeled images", "pool", None)]
+    assert rows[3].student == {"loss": {"drop_top_ratio": 0.2}}
+
+
 def test_ablation_tables_mean_over_seeds():
     summary = {"seeds": [0, 1], "command": "pseudodepth demo --ablation", "rows": {
-        "teacher (labeled source only)": {"0": scores(0.2, 0.40), "1": scores(0.2, 0.60)},
-        "+ pseudo-labeled target pool": {"0": scores(0.2, 0.30), "1": scores(0.2, 0.50)},
-        "full recipe, filter ratio 0": {"0": scores(0.1, 0.45), "1": scores(0.1, 0.55)},
+        "teacher (labeled source only)": {"group": "cumulative", "seeds": {"0": scores(0.2, 0.40), "1": scores(0.2, 0.60)}},
+        "+ pseudo-labeled target pool": {"group": "cumulative", "seeds": {"0": scores(0.2, 0.30), "1": scores(0.2, 0.50)}},
+        "filter ratio 0": {"group": "filter", "seeds": {"0": scores(0.1, 0.45), "1": scores(0.1, 0.55)}},
     }}
     cumulative, ratios = demo.ablation_tables(summary)
     assert [r[0] for r in cumulative.rows] == ["teacher (labeled source only)", "+ pseudo-labeled target pool"]
     assert cumulative.rows[0][3] == "0.5000 (0.4000 / 0.6000)"
     assert cumulative.rows[0][5] == "+0.0%" and cumulative.rows[1][5] == "-20.0%"
-    assert ratios.rows == [["full recipe, filter ratio 0", "0.1000 (0.1000 / 0.1000)", "0.500 (0.500 / 0.500)",
+    assert ratios.header[0] == "filter ratio (full recipe)"
+    assert ratios.rows == [["filter ratio 0", "0.1000 (0.1000 / 0.1000)", "0.500 (0.500 / 0.500)",
                             "0.5000 (0.4500 / 0.5500)", "0.600 (0.600 / 0.600)", "+0.0%"]]
     text = demo.ablation_markdown(summary, demo.load_settings())
     assert text.startswith("# Ablation") and "`pseudodepth demo --ablation`" in text
@@ -258,7 +275,7 @@ def test_quick_demo_report_renders_in_chromium(quick_run):
 def test_quick_ablation_reuses_the_main_run(quick_run):
     out, metrics, _ = quick_run
     settings = demo.load_settings(quick=True)
-    settings.ablation = {"seeds": [0], "filter_ratios": [0.1], "rows": [
+    settings.ablation = {"seeds": [0], "filter_ratios": [0.1], "pool_sizes": [3], "rows": [
         {"name": "teacher (labeled source only)", "student": None},
         {"name": "+ pseudo-labeled target pool",
          "student": {"augment": {"strong": False, "cutmix_p": 0.0}, "loss": {"drop_top_ratio": 0.0},
@@ -268,11 +285,15 @@ def test_quick_ablation_reuses_the_main_run(quick_run):
                                 main_student=out / "student" / "final")
     rows = summary["rows"]
     assert list(rows) == ["teacher (labeled source only)", "+ pseudo-labeled target pool", "full recipe",
-                          "full recipe, filter ratio 0.1"]
-    assert rows["full recipe"]["0"]["model"] == str(out / "student" / "final")  # trained once, by the demo
-    assert rows["full recipe, filter ratio 0.1"]["0"]["model"] == str(out / "student" / "final")
-    assert rows["teacher (labeled source only)"]["0"]["target_test"]["abs_rel"] == pytest.approx(
+                          "filter ratio 0.1", "3 unlabeled images"]
+    main_student = str(out / "student" / "final")
+    assert rows["full recipe"]["seeds"]["0"]["model"] == main_student  # trained once, by the demo
+    assert rows["filter ratio 0.1"]["seeds"]["0"]["model"] == main_student
+    assert rows["teacher (labeled source only)"]["seeds"]["0"]["target_test"]["abs_rel"] == pytest.approx(
         metrics["teacher"]["target_test"]["abs_rel"])
     assert (out / "ablation" / "seed0" / "row1" / "final").is_dir()
+    assert rows["3 unlabeled images"]["seeds"]["0"]["model"] == str(out / "ablation" / "seed0" / "row4" / "final")
+    assert len(list((out / "ablation" / "seed0" / "pool3").iterdir())) == 3
     assert json.loads((out / "ablation.json").read_text())["rows"].keys() == rows.keys()
-    assert "+ pseudo-labeled target pool" in (out / "ablation.md").read_text()
+    text = (out / "ablation.md").read_text()
+    assert "+ pseudo-labeled target pool" in text and "unlabeled pool (full recipe)" in text

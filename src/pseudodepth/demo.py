@@ -135,18 +135,6 @@ def load_settings(quick: bool = False, config_dir: str | os.PathLike = CONFIG_DI
                         ablation=raw["ablation"] or {}, quick=quick)
 
 
-def photo_subset(photos: Path, count: int | None, out: Path) -> Path:
-    """``photos`` itself, or with a ``count`` a folder ``out`` of links to its first ``count`` images."""
-    if count is None:
-        return photos
-    images = [p for p in sorted(photos.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()][:count]
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    for image in images:
-        (out / image.name).symlink_to(image.resolve())
-    return out
-
-
 def default_photos() -> Path | None:
     """The real photos beside the checkout (``../shared/data/photos``), if present."""
     candidates = [Path(__file__).resolve().parents[3] / "shared" / "data" / "photos",
@@ -395,7 +383,7 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
                                      settings, progress)
         photo_summary = ""
         if photo_dir is not None:
-            to_label = photo_subset(photo_dir, settings.photos_to_label, out / "data" / "photos")
+            to_label = link_first_images(photo_dir, settings.photos_to_label, out / "data" / "photos")
             photo_summary = pseudo_label(teacher, to_label, out / "labels" / "photos", settings, progress)
     with stages("student", "training on labeled source + pseudo-labeled target images"):
         student = train_recipe(settings.student, out, name="configs/demo_student.yaml")
@@ -423,17 +411,44 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
 # --------------------------------------------------------------------------- ablation
 
 
-def _row_key(recipe: dict) -> str:
-    return json.dumps(recipe, sort_keys=True)
+@dataclass(frozen=True)
+class AblationRow:
+    """One trained-and-evaluated row: ``student`` overrides ``demo_student.yaml`` (None: the teacher itself);
+    ``pool`` keeps the first N images of the unlabeled pool (None: all); ``group`` names its table."""
+
+    name: str
+    student: dict | None
+    pool: int | None = None
+    group: str = "cumulative"
 
 
-def ablation_runs(settings: DemoSettings) -> list[tuple[str, dict | None]]:
-    """``(name, student overrides or None for the teacher)`` of every ablation row: the cumulative rows,
-    then the full recipe at each filter ratio (rows that equal an earlier one are kept, they are trained once)."""
-    rows = [(r["name"], r.get("student")) for r in settings.ablation.get("rows", [])]
-    for ratio in settings.ablation.get("filter_ratios", []):
-        rows.append((f"full recipe, filter ratio {ratio:g}", {"loss": {"drop_top_ratio": float(ratio)}}))
+GROUP_TITLES = {"cumulative": "", "filter": "filter ratio (full recipe)", "pool": "unlabeled pool (full recipe)"}
+
+
+def ablation_runs(settings: DemoSettings) -> list[AblationRow]:
+    """Every ablation row: the cumulative rows of ``ablation.rows``, then the full recipe at each of
+    ``filter_ratios`` and ``pool_sizes``. Rows equal to an earlier one are listed, but trained once."""
+    a = settings.ablation
+    rows = [AblationRow(r["name"], r.get("student")) for r in a.get("rows", [])]
+    rows += [AblationRow(f"filter ratio {ratio:g}", {"loss": {"drop_top_ratio": float(ratio)}}, group="filter")
+             for ratio in a.get("filter_ratios", [])]
+    full = settings.data["n_target_unlabeled"]
+    rows += [AblationRow(f"{min(n, full)} unlabeled images", {}, None if n >= full else int(n), group="pool")
+             for n in a.get("pool_sizes", [])]
     return rows
+
+
+def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
+    """``folder`` itself, or with a ``count`` a fresh folder ``out`` of links to its first ``count`` images
+    (sorted by name; other files are left out)."""
+    if count is None:
+        return folder
+    images = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()][:count]
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for image in images:
+        (out / image.name).symlink_to(image.resolve())
+    return out
 
 
 def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher: Path | None = None,
@@ -441,41 +456,45 @@ def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher
     """Train and evaluate every ablation row for every seed; writes ``out/ablation.json`` and ``out/ablation.md``.
 
     Per seed ``s`` the whole chain is rerun with ``train.seed = s``: teacher, pseudo-labels, students
-    (the main run's teacher and student are reused for the recipes' own seed). Rows with the same
-    resulting recipe are trained once.
+    (the main run's teacher, labels and student are reused for the recipes' own seed). Rows with the
+    same recipe and pool are trained once.
     """
     main_seed = settings.student["train"]["seed"]
     seeds = settings.ablation.get("seeds", [main_seed])
     rows = ablation_runs(settings)
-    results: dict[str, dict[str, dict]] = {name: {} for name, _ in rows}
+    results: dict[str, dict] = {row.name: {"group": row.group, "seeds": {}} for row in rows}
+    pool_images = out / "data" / "target_unlabeled" / "images"
     for seed in seeds:
         base = out / "ablation" / f"seed{seed}"
-        if seed == main_seed and main_teacher is not None:
-            teacher, store = main_teacher, out / "labels" / "target_unlabeled"
-        else:
-            teacher = train_recipe(settings.teacher, out, {"train": {"seed": seed, "out": str(base / "teacher")}},
-                                   name=f"configs/demo_teacher.yaml (ablation seed {seed})")
-            store = base / "labels"
-            pseudo_label(teacher, out / "data" / "target_unlabeled", store, settings, progress)
+        reuse = seed == main_seed and main_teacher is not None
+        teacher = main_teacher if reuse else train_recipe(
+            settings.teacher, out, {"train": {"seed": seed, "out": str(base / "teacher")}},
+            name=f"configs/demo_teacher.yaml (ablation seed {seed})")
+        stores: dict[int | None, Path] = {None: out / "labels" / "target_unlabeled"} if reuse else {}
         trained: dict[str, Path] = {}
-        if seed == main_seed and main_student is not None:
-            trained[_row_key(settings.student)] = main_student
-        for index, (name, overrides) in enumerate(rows):
-            if overrides is None:
+        if reuse and main_student is not None:
+            trained[json.dumps([settings.student, None], sort_keys=True)] = main_student
+        for index, row in enumerate(rows):
+            if row.student is None:
                 model = teacher
             else:
-                recipe = deep_merge(settings.student, overrides)
-                key = _row_key(recipe)
+                if row.pool not in stores:
+                    stores[row.pool] = base / (f"labels_pool{row.pool}" if row.pool else "labels")
+                    images = link_first_images(pool_images, row.pool, base / f"pool{row.pool}")
+                    pseudo_label(teacher, images, stores[row.pool], settings, progress)
+                recipe = deep_merge(settings.student, row.student)
+                key = json.dumps([recipe, row.pool], sort_keys=True)
                 if key not in trained:
-                    slug = f"row{index}"
                     trained[key] = train_recipe(recipe, out, {
-                        "data": {"unlabeled": [{"type": "label_store", "root": str(store)}]},
+                        "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.pool])}]},
                         "feature_alignment": {"frozen": str(teacher)} if recipe["feature_alignment"]["frozen"] else {},
-                        "train": {"seed": seed, "out": str(base / slug)}}, name=f"ablation row {name!r}, seed {seed}")
+                        "train": {"seed": seed, "out": str(base / f"row{index}")}},
+                        name=f"ablation row {row.name!r}, seed {seed}")
                 model = trained[key]
-            scores = evaluate_models({name: load_model(model)}, out / "data", settings, None, progress)[name]
-            results[name][str(seed)] = {"model": str(model), **scores}
-    summary = {"seeds": seeds, "rows": results, "command": "pseudodepth demo --ablation" + (" --quick" if settings.quick else "")}
+            scores = evaluate_models({row.name: load_model(model)}, out / "data", settings, None, progress)[row.name]
+            results[row.name]["seeds"][str(seed)] = {"model": str(model), **scores}
+    summary = {"seeds": seeds, "rows": results,
+               "command": "pseudodepth demo --ablation" + (" --quick" if settings.quick else "")}
     (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "ablation.md").write_text(ablation_markdown(summary, settings))
     return summary
@@ -488,28 +507,30 @@ def _mean_cell(per_seed: dict, split: str, metric: str, fmt: str) -> str:
 
 
 def ablation_tables(summary: dict) -> list[rp.Table]:
-    """The ablation as tables: the cumulative rows, then the filter ratios (mean over seeds, per seed in brackets)."""
-    header = ["", "source_test AbsRel ↓", "source_test δ1 ↑", "target_test AbsRel ↓", "target_test δ1 ↑",
+    """The ablation as one table per row group (cumulative rows, filter ratios, pool sizes): the mean over
+    seeds, each seed in brackets, and the target AbsRel change against the first row (the teacher)."""
+    header = ["source_test AbsRel ↓", "source_test δ1 ↑", "target_test AbsRel ↓", "target_test δ1 ↑",
               "target AbsRel vs teacher"]
     rows = summary["rows"]
-    teacher = next(iter(rows.values()))
-    teacher_target = np.mean([s["target_test"]["abs_rel"] for s in teacher.values()])
-    table_rows: list[list[list[str]]] = [[], []]
-    for name, per_seed in rows.items():
+    first = next(iter(rows.values()))["seeds"]
+    teacher_target = np.mean([s["target_test"]["abs_rel"] for s in first.values()])
+    grouped: dict[str, list[list[str]]] = {}
+    for name, row in rows.items():
+        per_seed = row["seeds"]
         target = np.mean([s["target_test"]["abs_rel"] for s in per_seed.values()])
-        change = f"{100 * (target / teacher_target - 1):+.1f}%"
-        which = 1 if name.startswith("full recipe, filter ratio") else 0
-        table_rows[which].append([name, _mean_cell(per_seed, "source_test", "abs_rel", ".4f"),
-                                  _mean_cell(per_seed, "source_test", "delta1", ".3f"),
-                                  _mean_cell(per_seed, "target_test", "abs_rel", ".4f"),
-                                  _mean_cell(per_seed, "target_test", "delta1", ".3f"), change])
+        grouped.setdefault(row["group"], []).append([
+            name, _mean_cell(per_seed, "source_test", "abs_rel", ".4f"), _mean_cell(per_seed, "source_test", "delta1", ".3f"),
+            _mean_cell(per_seed, "target_test", "abs_rel", ".4f"), _mean_cell(per_seed, "target_test", "delta1", ".3f"),
+            f"{100 * (target / teacher_target - 1):+.1f}%"])
     seeds = ", ".join(map(str, summary["seeds"]))
-    tables = [rp.Table(header, table_rows[0], f"Each row adds one lever to the row above. Mean over seeds {seeds}"
-                                             + (" (per seed in brackets)." if len(summary["seeds"]) > 1 else "."))]
-    if table_rows[1]:
-        tables.append(rp.Table(["filter ratio (full recipe)", *header[1:]], table_rows[1],
-                               "Top-n% loss filtering on the pseudo-labels: n = 0 keeps every pixel."))
-    return tables
+    captions = {
+        "cumulative": f"Each row adds one lever to the row above. Mean over seeds {seeds}"
+                      + (" (each seed in brackets)." if len(summary["seeds"]) > 1 else "."),
+        "filter": "Top-n% loss filtering of the pseudo-labels (n = 0 keeps every pixel); the rest of the recipe as above.",
+        "pool": "How many unlabeled target images are pseudo-labeled (the first N of the pool); the rest as above.",
+    }
+    return [rp.Table([GROUP_TITLES.get(group, group), *header], table_rows, captions.get(group, ""))
+            for group, table_rows in grouped.items()]
 
 
 def ablation_markdown(summary: dict, settings: DemoSettings) -> str:
@@ -608,7 +629,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
         "held-out scenes of both domains. " + verdict,
         "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
                                                                if settings.quick else "")
-        + f"; `metrics.json` holds the numbers, `eval/` the per-image scores.",
+        + "; `metrics.json` holds the numbers, `eval/` the per-image scores.",
     ])
     doc.add("Results", metrics_table(metrics),
             "Relative depth, evaluated as Depth Anything does: the prediction is affine-invariant disparity, so "
