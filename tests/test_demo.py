@@ -192,8 +192,9 @@ def test_filter_overlap_counts_dropped_pixels_among_the_worst():
 # --------------------------------------------------------------------------- ablation tables
 
 
-def scores(source, target):
-    return {"source_test": {"abs_rel": source, "delta1": 0.5}, "target_test": {"abs_rel": target, "delta1": 0.6}}
+def scores(source, target, zero=0.0):
+    return {"source_test": {"abs_rel": source, "delta1": 0.5}, "target_test": {"abs_rel": target, "delta1": 0.6},
+            "zero_output_target": zero}
 
 
 def test_ablation_rows_come_from_the_settings():
@@ -213,15 +214,16 @@ def test_ablation_tables_mean_over_seeds():
     summary = {"seeds": [0, 1], "command": "pseudodepth demo --ablation", "rows": {
         "teacher (labeled source only)": {"group": "cumulative", "seeds": {"0": scores(0.2, 0.40), "1": scores(0.2, 0.60)}},
         "+ pseudo-labeled target pool": {"group": "cumulative", "seeds": {"0": scores(0.2, 0.30), "1": scores(0.2, 0.50)}},
-        "filter ratio 0": {"group": "filter", "seeds": {"0": scores(0.1, 0.45), "1": scores(0.1, 0.55)}},
+        "filter ratio 0": {"group": "filter", "seeds": {"0": scores(0.1, 0.45), "1": scores(0.1, 0.55, 1.0)}},
     }}
     cumulative, ratios = demo.ablation_tables(summary)
     assert [r[0] for r in cumulative.rows] == ["teacher (labeled source only)", "+ pseudo-labeled target pool"]
     assert cumulative.rows[0][3] == "0.5000 (0.4000 / 0.6000)"
     assert cumulative.rows[0][5] == "+0.0%" and cumulative.rows[1][5] == "-20.0%"
+    assert cumulative.header[-1] == "zero output (target)" and cumulative.rows[0][6] == "0% / 0%"
     assert ratios.header[0] == "filter ratio (full recipe)"
     assert ratios.rows == [["filter ratio 0", "0.1000 (0.1000 / 0.1000)", "0.500 (0.500 / 0.500)",
-                            "0.5000 (0.4500 / 0.5500)", "0.600 (0.600 / 0.600)", "+0.0%"]]
+                            "0.5000 (0.4500 / 0.5500)", "0.600 (0.600 / 0.600)", "+0.0%", "0% / 100%"]]
     text = demo.ablation_markdown(summary, demo.load_settings())
     assert text.startswith("# Ablation") and "`pseudodepth demo --ablation`" in text
     assert cumulative.markdown() in text and ratios.markdown() in text
@@ -260,6 +262,16 @@ def test_quick_demo_writes_metrics_and_report(quick_run):
         assert (out / "figures/photos.png").is_file() and "## Real photos" in md
     with Image.open(out / "figures/examples.png") as image:  # 2 target + 2 source rows, 6 columns
         assert image.width > 6 * 150 and image.height > 4 * 150
+
+
+def test_zero_output_share_sees_a_collapsed_output(quick_run):
+    out, _, _ = quick_run
+    model = demo.load_model(out / "teacher" / "final")
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(-1e6)  # the final ReLU is off everywhere
+        assert demo.zero_output_share(model, out / "data" / "target_test", 56) == 1.0
+        model.head.conv3.bias.fill_(1e6)
+        assert demo.zero_output_share(model, out / "data" / "target_test", 56) == 0.0
 
 
 def test_quick_demo_report_renders_in_chromium(quick_run):

@@ -128,9 +128,29 @@ def test_read_log_and_plot_curves(tmp_path):
     np.testing.assert_allclose(student["unlabeled_loss"], [1.0, 0.8])
     png = rp.plot_curves({"teacher": teacher, "student": student},
                          [("total", ["loss"]), ("pseudo", ["unlabeled_loss"]), ("absent", ["nothing"])],
-                         tmp_path / "figs" / "curves.png")
-    with Image.open(png) as image:
-        assert image.width > image.height > 100
+                         tmp_path / "figs" / "curves.png", smooth=2, columns_per_row=2)
+    with Image.open(png) as image:  # 2 x 2 grid, the fourth cell hidden
+        assert image.width > 1000 and image.height > 600
+
+
+def moving_average_reference(values, window):
+    out = []
+    for i in range(len(values)):
+        recent = [v for v in values[max(0, i - window + 1):i + 1] if math.isfinite(v)]
+        out.append(sum(recent) / len(recent) if recent else math.nan)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("window", [1, 3, 10])
+def test_moving_average_matches_reference(window):
+    values = np.random.default_rng(5).normal(size=17)
+    values[[2, 3, 4, 5]] = [np.nan, np.inf, np.nan, np.nan]  # non-finite values are skipped
+    np.testing.assert_allclose(rp.moving_average(values, window), moving_average_reference(values, window),
+                               equal_nan=True)
+    assert rp.moving_average(np.array([]), 3).shape == (0,)
+    assert np.isnan(rp.moving_average(np.array([np.nan, np.nan]), 1)).all()
+    with pytest.raises(ValueError, match="window"):
+        rp.moving_average(values, 0)
 
 
 def test_read_log_errors_name_the_file(tmp_path):
@@ -167,7 +187,7 @@ def test_table_markdown_and_html():
     assert md[0] == "| model | AbsRel |" and md[1] == "|---|---:|"
     assert md[3] == "| student\\|x | **0.1100** |" and md[-1] == "*caption*"
     html = table.html()
-    assert "<td class=num><strong>0.1100</strong></td>" in html and "<caption>caption</caption>" in html
+    assert "<td class=num><strong>0.1100</strong></td>" in html and '</table><p class="caption">caption</p>' in html
     with pytest.raises(ValueError, match="row 0 has 1 cells"):
         rp.Table(["a", "b"], [["only"]])
 

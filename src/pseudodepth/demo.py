@@ -56,6 +56,7 @@ from .train import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
+ERROR_SCALE = 1.0  # per-pixel AbsRel at the top of the error colour scale
 MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
@@ -274,6 +275,18 @@ def scene_views(models: dict[str, torch.nn.Module], split_dir: Path, indices: li
     return views
 
 
+def zero_output_share(model: torch.nn.Module, split_dir: Path, input_size: int, count: int = 20) -> float:
+    """Share of pixels where ``model`` outputs exactly 0 on the first ``count`` images of ``split_dir``.
+
+    The network ends in a ReLU and its losses are shift-invariant, so nothing keeps the last layer's
+    input above 0: a large share means that part of the output has collapsed (no gradient reaches it).
+    """
+    source = folder_source(split_dir)
+    shares = [float(np.mean(predict(model, source.load(i)[0], input_size) <= 0))
+              for i in range(min(count, len(source)))]
+    return float(np.mean(shares)) if shares else float("nan")
+
+
 def filter_overlap(views: list[SceneViews], ratio: float) -> float:
     """Share of the filter's dropped pixels (on valid ground truth) that lie among each image's top ``ratio``
     teacher errors (per-pixel AbsRel); a filter that knew nothing would score ``ratio``."""
@@ -300,7 +313,7 @@ def _gt_panel(view: SceneViews) -> np.ndarray:
 def comparison_figure(views: list[SceneViews], titles: list[str]) -> np.ndarray:
     columns = ["input", "ground truth", "teacher", "student", "teacher error (AbsRel)", "dropped by the filter"]
     rows = [[v.rgb, _gt_panel(v), colorize(v.teacher), colorize(v.student),
-             rp.heatmap(v.teacher_error, 0.5, np.isfinite(v.teacher_error), invalid_color=(190, 190, 190)), rp.overlay_mask(v.rgb, v.dropped)]
+             rp.heatmap(v.teacher_error, ERROR_SCALE, np.isfinite(v.teacher_error), invalid_color=(190, 190, 190)), rp.overlay_mask(v.rgb, v.dropped)]
             for v in views]
     return rp.image_grid(rows, columns, titles, panel_height=150)
 
@@ -491,8 +504,10 @@ def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher
                         "train": {"seed": seed, "out": str(base / f"row{index}")}},
                         name=f"ablation row {row.name!r}, seed {seed}")
                 model = trained[key]
-            scores = evaluate_models({row.name: load_model(model)}, out / "data", settings, None, progress)[row.name]
-            results[row.name]["seeds"][str(seed)] = {"model": str(model), **scores}
+            loaded = load_model(model)
+            scores = evaluate_models({row.name: loaded}, out / "data", settings, None, progress)[row.name]
+            zero = zero_output_share(loaded, out / "data" / "target_test", settings.input_size)
+            results[row.name]["seeds"][str(seed)] = {"model": str(model), "zero_output_target": zero, **scores}
     summary = {"seeds": seeds, "rows": results,
                "command": "pseudodepth demo --ablation" + (" --quick" if settings.quick else "")}
     (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -510,7 +525,7 @@ def ablation_tables(summary: dict) -> list[rp.Table]:
     """The ablation as one table per row group (cumulative rows, filter ratios, pool sizes): the mean over
     seeds, each seed in brackets, and the target AbsRel change against the first row (the teacher)."""
     header = ["source_test AbsRel ↓", "source_test δ1 ↑", "target_test AbsRel ↓", "target_test δ1 ↑",
-              "target AbsRel vs teacher"]
+              "target AbsRel vs teacher", "zero output (target)"]
     rows = summary["rows"]
     first = next(iter(rows.values()))["seeds"]
     teacher_target = np.mean([s["target_test"]["abs_rel"] for s in first.values()])
@@ -521,7 +536,8 @@ def ablation_tables(summary: dict) -> list[rp.Table]:
         grouped.setdefault(row["group"], []).append([
             name, _mean_cell(per_seed, "source_test", "abs_rel", ".4f"), _mean_cell(per_seed, "source_test", "delta1", ".3f"),
             _mean_cell(per_seed, "target_test", "abs_rel", ".4f"), _mean_cell(per_seed, "target_test", "delta1", ".3f"),
-            f"{100 * (target / teacher_target - 1):+.1f}%"])
+            f"{100 * (target / teacher_target - 1):+.1f}%",
+            " / ".join(f"{100 * s['zero_output_target']:.0f}%" for s in per_seed.values())])
     seeds = ", ".join(map(str, summary["seeds"]))
     captions = {
         "cumulative": f"Each row adds one lever to the row above. Mean over seeds {seeds}"
@@ -529,6 +545,9 @@ def ablation_tables(summary: dict) -> list[rp.Table]:
         "filter": "Top-n% loss filtering of the pseudo-labels (n = 0 keeps every pixel); the rest of the recipe as above.",
         "pool": "How many unlabeled target images are pseudo-labeled (the first N of the pool); the rest as above.",
     }
+    zero_note = (" Zero output: share of target test pixels where the network outputs exactly 0 (its final ReLU "
+                 "is off), per seed; near 100% means the output collapsed on the target domain.")
+    captions = {group: caption + zero_note for group, caption in captions.items()}
     return [rp.Table([GROUP_TITLES.get(group, group), *header], table_rows, captions.get(group, ""))
             for group, table_rows in grouped.items()]
 
@@ -615,8 +634,9 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
     curves = str(rp.plot_curves(logs, [("total loss", ["loss"]), ("labeled source images", ["labeled_loss"]),
                                        ("student: pseudo-labeled images", ["unlabeled_loss"]),
                                        ("student: feature alignment (1 - cos)", ["feature_alignment"])],
-                                out / "figures" / "curves.png").relative_to(out))
+                                out / "figures" / "curves.png", smooth=5).relative_to(out))
 
+    fa = settings.student["feature_alignment"]
     t_target, s_target = (metrics[m]["target_test"]["abs_rel"] for m in MODELS)
     verdict = (f"The student is ahead on the target domain: AbsRel {t_target:.4f} -> **{s_target:.4f}** "
                f"({100 * (s_target / t_target - 1):+.1f}%)." if s_target < t_target else
@@ -631,20 +651,28 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                                                                if settings.quick else "")
         + "; `metrics.json` holds the numbers, `eval/` the per-image scores.",
     ])
+    zero = {m: zero_output_share(models[m], out / "data" / "target_test", settings.input_size) for m in MODELS}
+    collapse = ("" if zero["student"] < 0.5 else
+                " **The student's output has collapsed on the target domain** (its final ReLU is off on most pixels, "
+                "so no gradient reaches them): this happens to some training runs from scratch, see `RESULTS.md`.")
     doc.add("Results", metrics_table(metrics),
             "Relative depth, evaluated as Depth Anything does: the prediction is affine-invariant disparity, so "
             "each image gets the least-squares scale and shift against the ground truth before AbsRel "
-            "(mean |d - g| / g, lower is better) and δ1 (share of pixels within 1.25x, higher is better).")
+            "(mean |d - g| / g, lower is better) and δ1 (share of pixels within 1.25x, higher is better).",
+            f"Pixels of the target test scenes where the output is exactly 0 (final ReLU off): teacher "
+            f"{100 * zero['teacher']:.1f}%, student {100 * zero['student']:.1f}%." + collapse)
     doc.add("What the models see", rp.Figure(
         examples, "Held-out scenes (4 target, 2 source). Depth maps are disparity in Spectral_r (near = warm), "
                   "each min-max scaled; ground truth is black where invalid (sky, beyond 60 m). Teacher error: "
-                  "per-pixel AbsRel after alignment, 0 (black) to 0.5 (yellow), grey where invalid. Dropped by the filter: the top "
+                  f"per-pixel AbsRel after alignment, 0 (black) to {ERROR_SCALE:g} or more (yellow), grey where invalid. Dropped by the filter: the top "
                   f"{100 * ratio:g}% per-pixel SSI losses of the final student against the teacher's prediction, "
                   "i.e. what the V2 filter would ignore if the scene were in the unlabeled pool."),
         f"On all {n_target} target test scenes, {100 * overlap:.0f}% of the dropped pixels with ground truth are "
         f"among the teacher's worst {100 * ratio:g}% pixels of the scene (a filter that knew nothing would score "
-        f"{100 * ratio:g}%): the filter mostly drops where the student and teacher disagree, which is only partly "
-        "where the teacher is wrong.")
+        f"{100 * ratio:g}%): " + ("the high-loss pixels are often where the pseudo-label is wrong."
+                                  if overlap >= 2 * ratio else
+                                  "the filter drops where the student and teacher disagree, which here is only "
+                                  "slightly more often where the teacher is wrong than elsewhere."))
     if run.photos is not None:
         figure, names = photo_figure(out / "labels" / "photos", models["student"], settings.photos,
                                      settings.input_size)
@@ -660,7 +688,10 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
             _recipe_table(settings),
             "Nothing is pretrained here: the student starts from the same random initialisation as the teacher "
             "(Depth Anything starts its student from a pretrained DINOv2 encoder, not from the teacher). Its feature "
-            "alignment pulls its encoder towards the frozen teacher encoder.",
+            "alignment pulls its encoder towards the frozen teacher encoder"
+            + (f"; it was active (some patch below the {fa['margin']:g} cosine margin) in "
+               f"{100 * np.mean(logs['student']['feature_alignment'] > 0):.0f}% of the logged steps."
+               if fa["enabled"] else " (disabled in this recipe)."),
             f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
     if run.ablation is not None:
         doc.add("Ablation (Table 9 at small scale)", *ablation_tables(run.ablation),

@@ -37,7 +37,7 @@ from .imageio import write_png
 
 __all__ = [
     "Figure", "Report", "Section", "Table", "find_chromium", "heatmap", "image_grid", "inline_html",
-    "overlay_mask", "plot_curves", "read_log", "save_figure", "screenshot",
+    "moving_average", "overlay_mask", "plot_curves", "read_log", "save_figure", "screenshot",
 ]
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -163,10 +163,27 @@ def read_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return columns
 
 
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` finite values: ``m_i = mean(v_j : i - window < j <= i, v_j finite)``
+    (NaN where there is none)."""
+    if window < 1:
+        raise ValueError(f"moving_average: window must be >= 1, got {window}")
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, v, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    lo = np.maximum(np.arange(1, len(v) + 1) - window, 0)
+    hi = np.arange(1, len(v) + 1)
+    n = counts[hi] - counts[lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), np.nan)
+
+
 def plot_curves(logs: Mapping[str, Mapping[str, np.ndarray]], panels: Sequence[tuple[str, Sequence[str]]],
-                path: str | os.PathLike, log_scale: bool = False) -> Path:
-    """One plot per ``(title, columns)`` panel: every run of ``logs`` that has a column draws it
-    against ``step`` (label ``"run: column"``). Written as a PNG to ``path``."""
+                path: str | os.PathLike, smooth: int = 1, columns_per_row: int = 2) -> Path:
+    """One plot per ``(title, columns)`` panel, ``columns_per_row`` plots a row: every run of ``logs`` that
+    has a column draws it against ``step`` (label ``"run: column"``); with ``smooth > 1`` the raw values are
+    drawn faintly under their :func:`moving_average`. Written as a PNG to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,23 +191,32 @@ def plot_curves(logs: Mapping[str, Mapping[str, np.ndarray]], panels: Sequence[t
 
     if not panels:
         raise ValueError("plot_curves: give at least one panel")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.3), squeeze=False, dpi=110)
-    for ax, (title, columns) in zip(axes[0], panels):
+    n_cols = min(columns_per_row, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.2 * n_cols, 3.2 * n_rows), squeeze=False, dpi=110)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, columns) in zip(axes.flat, panels):
         drawn = 0
         for run, log in logs.items():
             for column in columns:
-                if column in log and np.isfinite(log[column]).any():
-                    ax.plot(log["step"], log[column], label=f"{run}: {column}", linewidth=1.4)
-                    drawn += 1
-        if drawn and log_scale and all((log[c][np.isfinite(log[c])] > 0).all()
-                                       for log in logs.values() for c in columns if c in log):
-            ax.set_yscale("log")
+                if column not in log or not np.isfinite(log[column]).any():
+                    continue
+                colour = colours[drawn % len(colours)]
+                label = f"{run}: {column}"
+                if smooth > 1:
+                    ax.plot(log["step"], log[column], color=colour, alpha=0.25, linewidth=0.8)
+                    ax.plot(log["step"], moving_average(log[column], smooth), color=colour, linewidth=1.6, label=label)
+                else:
+                    ax.plot(log["step"], log[column], color=colour, linewidth=1.4, label=label)
+                drawn += 1
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
         if drawn:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,8 +288,8 @@ class Table:
                            for c, n in zip(row, self.numeric))
 
         body = "".join(f"<tr>{cells('td', row)}</tr>" for row in self.rows)
-        caption = f"<caption>{inline_html(self.caption)}</caption>" if self.caption else ""
-        return f"<table>{caption}<thead><tr>{cells('th', self.header)}</tr></thead><tbody>{body}</tbody></table>"
+        caption = f'<p class="caption">{inline_html(self.caption)}</p>' if self.caption else ""
+        return f"<table><thead><tr>{cells('th', self.header)}</tr></thead><tbody>{body}</tbody></table>{caption}"
 
 
 def _looks_numeric(text: str) -> bool:
@@ -325,7 +351,7 @@ nav a{margin-right:14px;color:#0b5cad;text-decoration:none;white-space:nowrap}
 table{border-collapse:collapse;margin:12px 0 4px;font-size:0.93em}
 th,td{border-bottom:1px solid #e3e5e8;padding:5px 12px;text-align:left} th{background:#f5f7fa}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
-caption{caption-side:bottom;text-align:left;color:#555;font-size:0.9em;padding-top:6px}
+p.caption{color:#555;font-size:0.9em;margin-top:2px}
 figure{margin:16px 0} img{height:auto;border:1px solid #e3e5e8}
 figcaption{color:#555;font-size:0.9em;margin-top:4px;max-width:900px}
 code{background:#f2f3f5;padding:1px 4px;border-radius:3px;font-size:0.92em}
