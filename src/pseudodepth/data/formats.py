@@ -124,12 +124,17 @@ def read_vkitti2(path: str | os.PathLike) -> DepthMap:
 def read_npy(path: str | os.PathLike) -> DepthMap:
     """``.npy`` depth in the file's own unit; non-finite and <= 0 values are invalid."""
     path = Path(path)
+    array = _load_npy(path, "array", "Save with numpy.save.")
+    return finite_positive(_as_depth_2d(array, path))
+
+
+def _load_npy(path: Path, what: str, fix: str) -> np.ndarray:
+    """``np.load`` without pickles; a missing or unreadable file raises :class:`DepthFormatError`."""
     _check_exists(path)
     try:
-        array = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
-        raise DepthFormatError(path, f"not a readable .npy array ({error})", "Save with numpy.save.") from error
-    return finite_positive(_as_depth_2d(array, path))
+        raise DepthFormatError(path, f"not a readable .npy {what} ({error})", fix) from error
 
 
 # ----------------------------------------------------------------------------- PFM
@@ -227,12 +232,7 @@ def read_diode(depth_npy: str | os.PathLike, mask_npy: str | os.PathLike) -> Dep
     """DIODE: depth ``*_depth.npy`` (H x W x 1, metres) and ``*_depth_mask.npy`` (H x W, 1 = valid)."""
     depth, valid = read_npy(depth_npy)
     mask_path = Path(mask_npy)
-    _check_exists(mask_path)
-    try:
-        mask = np.load(mask_path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise DepthFormatError(mask_path, f"not a readable .npy mask ({error})", "Re-download it.") from error
-    mask = _as_depth_2d(mask, mask_path)
+    mask = _as_depth_2d(_load_npy(mask_path, "mask", "Re-download it."), mask_path)
     if mask.shape != depth.shape:
         raise DepthFormatError(
             mask_path, f"mask shape {mask.shape} differs from depth shape {depth.shape} ({depth_npy})",
