@@ -264,6 +264,17 @@ def test_quick_demo_writes_metrics_and_report(quick_run):
         assert image.width > 6 * 150 and image.height > 4 * 150
 
 
+def test_report_without_photos_says_so(quick_run, tmp_path):
+    out, metrics, _ = quick_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, symlinks=True)
+    settings = demo.load_settings(quick=True)
+    models = {name: demo.load_model(copy / name / "final") for name in demo.MODELS}
+    run = demo.DemoRun(copy, settings, {}, metrics, "labels ok", None, "", {"data": 1.0})
+    md, _ = demo.write_demo_report(run, models)
+    assert "No real photos were pseudo-labelled" in md.read_text()
+
+
 def test_zero_output_share_sees_a_collapsed_output(quick_run):
     out, _, _ = quick_run
     model = demo.load_model(out / "teacher" / "final")

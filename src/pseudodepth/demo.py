@@ -682,6 +682,9 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                 f"Label store `labels/photos`: {run.photo_summary}. Both models learnt depth from a few hundred "
                 "rendered scenes only, so on real photos they capture coarse layout at best; the released Depth "
                 "Anything models are what to label real images with.")
+    else:
+        doc.add("Real photos", "No real photos were pseudo-labelled (none found at `../shared/data/photos`, or "
+                               "`--no-photos`); `pseudodepth demo --photos DIR` labels the images of DIR.")
     doc.add("Training", rp.Figure(curves, "Training logs (`teacher/log.csv`, `student/log.csv`): total loss, loss "
                                           "on labeled source images, and the student's pseudo-label loss (after "
                                           "filtering) and feature-alignment term."),
