@@ -10,6 +10,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README_START, README_END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 SECTIONS = [  # (results file, heading, what it measures)
+    ("demo.md", "End-to-end demo and ablation (`pseudodepth demo --ablation`, `bench/demo_results.py`)",
+     "Generated indoor (labeled source) and outdoor (unlabeled target) scenes; the student must beat its "
+     "teacher on the target domain's held-out test set."),
     ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
      "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
     ("label_throughput_gpu.md", "Pseudo-labelling throughput on a GPU (`bench/label_throughput.py`)",

@@ -17,6 +17,7 @@ from pseudodepth import demo
 from pseudodepth import report as rp
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 # --------------------------------------------------------------------------- settings
@@ -304,8 +305,9 @@ def test_quick_ablation_reuses_the_main_run(quick_run):
          "student": {"augment": {"strong": False, "cutmix_p": 0.0}, "loss": {"drop_top_ratio": 0.0},
                      "feature_alignment": {"enabled": False}}},
         {"name": "full recipe", "student": {}}]}
-    summary = demo.run_ablation(out, settings, progress=False, main_teacher=out / "teacher" / "final",
-                                main_student=out / "student" / "final")
+    summary = demo.run_ablation(out, settings, progress=False,
+                                main_teacher=demo.Trained(out / "teacher" / "final", fresh=False),
+                                main_student=demo.Trained(out / "student" / "final", fresh=False))
     rows = summary["rows"]
     assert list(rows) == ["teacher (labeled source only)", "+ pseudo-labeled target pool", "full recipe",
                           "filter ratio 0.1", "3 unlabeled images"]
@@ -320,3 +322,57 @@ def test_quick_ablation_reuses_the_main_run(quick_run):
     assert json.loads((out / "ablation.json").read_text())["rows"].keys() == rows.keys()
     text = (out / "ablation.md").read_text()
     assert "+ pseudo-labeled target pool" in text and "unlabeled pool (full recipe)" in text
+
+
+def test_bench_demo_results_tabulates_a_finished_run(quick_run, tmp_path, monkeypatch):
+    out, metrics, _ = quick_run
+    monkeypatch.syspath_prepend(str(BENCH))
+    import demo_results  # bench/demo_results.py
+
+    with pytest.raises(SystemExit, match="metrics.json: missing; run `pseudodepth demo --ablation"):
+        demo_results.results_markdown(tmp_path)
+    summary = {"seeds": [0], "command": "pseudodepth demo --ablation --quick", "rows": {
+        "teacher": {"group": "cumulative", "seeds": {"0": {**metrics["teacher"], "zero_output_target": 0.0}}},
+        "student": {"group": "cumulative", "seeds": {"0": {**metrics["student"], "zero_output_target": 0.0}}}}}
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("metrics.json", "run.json"):
+        shutil.copy(out / name, run / name)
+    (run / "ablation.json").write_text(json.dumps(summary))
+    demo_results.main(["--run", str(run), "--out", str(tmp_path / "demo.md")])
+    text = (tmp_path / "demo.md").read_text()
+    teacher_target = metrics["teacher"]["target_test"]["abs_rel"]
+    assert "`pseudodepth demo --ablation --quick --out run`" in text
+    assert text.count(f"{teacher_target:.4f}") == 2  # the demo table and the ablation's teacher row
+    assert "| student |" in text and "CPU-minutes" in text
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_reuses_finished_models_and_retrains_changed_ones(tmp_path):
+    run = tmp_path / "run"  # its own run: configs hold absolute paths, so a copied folder would not resume
+    metrics = demo.run_demo(run, quick=True, photos=False, progress=False)
+    shutil.rmtree(run / "student" / "final")  # killed while the student was training
+    teacher_files = _mtimes(run / "teacher")
+    labels = (run / "labels" / "target_unlabeled" / "manifest.parquet").read_bytes()
+    resumed = demo.run_demo(run, quick=True, photos=False, progress=False, resume=True)
+    assert _mtimes(run / "teacher") == teacher_files  # reused, not retrained
+    assert (run / "labels" / "target_unlabeled" / "manifest.parquet").read_bytes() == labels  # nothing relabelled
+    assert (run / "student" / "final" / "model.safetensors").is_file()
+    assert resumed["teacher"] == metrics["teacher"]
+    assert resumed["student"]["target_test"]["abs_rel"] == pytest.approx(metrics["student"]["target_test"]["abs_rel"],
+                                                                       rel=1e-4)  # the same deterministic training
+    student_files = _mtimes(run / "student")
+    demo.run_demo(run, quick=True, photos=False, progress=False, resume=True)
+    assert _mtimes(run / "student") == student_files
+
+    settings = demo.load_settings(quick=True)
+    name = "configs/demo_teacher.yaml"
+    assert demo.train_recipe(settings.teacher, run, name=name, resume=True) == demo.Trained(
+        run / "teacher" / "final", fresh=False)
+    changed = demo.train_recipe(settings.teacher, run, {"optim": {"encoder_lr": 1e-6}}, name=name, resume=True)
+    assert changed.fresh and "encoder_lr: 1.0e-06" in (run / "teacher" / "config.yaml").read_text()
+    assert demo.finished_run(run / "teacher", "something else") is None
+    assert demo.finished_run(run / "nothing_here", "") is None

@@ -13,7 +13,8 @@ The source domain (indoor rooms) has depth; the target domain (outdoor scenes wi
 images. The teacher never sees the target domain; the student sees the target pool through the
 teacher's pseudo-labels, with the recipe's strong perturbations, CutMix, top-10% loss filtering and
 feature alignment to the frozen teacher encoder. ``--ablation`` then trains the rows of Depth
-Anything V1's Table 9 (:func:`run_ablation`) and writes ``DIR/ablation.md``.
+Anything V1's Table 9 (:func:`run_ablation`) and writes ``DIR/ablation.md``. ``--resume`` continues
+an interrupted run: finished models (same configuration) and label stores are reused.
 
 Settings are data: ``configs/demo.yaml`` (sizes, input size, figures, quick mode, ablation rows)
 and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_student.yaml``.
@@ -193,20 +194,45 @@ def generate_data(out: Path, data: dict) -> dict[str, Path]:
     return folders
 
 
-def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: str = "recipe") -> Path:
-    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top,
-    from scratch (an earlier run in the same folder is removed); returns the final model folder."""
+@dataclass(frozen=True)
+class Trained:
+    """A model a stage produced: its folder, and whether it was trained in this run (False: reused)."""
+
+    final: Path
+    fresh: bool
+
+
+def finished_run(out_dir: Path, config_yaml: str) -> Path | None:
+    """``out_dir/final`` when ``out_dir`` holds a finished training run of exactly ``config_yaml``."""
+    final, meta = out_dir / "final", out_dir / "final" / "pseudodepth.json"  # written last by save_checkpoint
+    saved = out_dir / "config.yaml"
+    if meta.is_file() and saved.is_file() and saved.read_text() == config_yaml:
+        return final
+    return None
+
+
+def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: str = "recipe",
+                 resume: bool = False) -> Trained:
+    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top.
+
+    Without ``resume`` an earlier run in the same folder is removed and training starts from scratch.
+    With ``resume`` a finished run of the same configuration is reused as it is (``fresh=False``)."""
     config = config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name)
+    if resume and (final := finished_run(config.out_dir, yaml.safe_dump(config.to_dict(), sort_keys=False))):
+        return Trained(final, fresh=False)
     shutil.rmtree(config.out_dir, ignore_errors=True)
-    return train(config)
+    return Trained(train(config), fresh=True)
 
 
-def pseudo_label(teacher: Path, images: Path, store: Path, settings: DemoSettings, progress: bool) -> str:
-    """Label ``images`` into the label store ``store`` with ``teacher`` (relabelling everything);
-    returns the one-line summary."""
-    report = label_folder(str(teacher), images, store, batch_size=settings.label_batch_size, workers=1,
-                          settings=LabelSettings(input_size=settings.input_size), overwrite=True, progress=progress)
-    if report.ok == 0:
+def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSettings, progress: bool) -> str:
+    """Label ``images`` into the label store ``store`` with ``teacher``; returns the one-line summary.
+
+    A teacher trained in this run relabels everything; a reused one continues the store (labels
+    already written are kept, see :func:`pseudodepth.label.label_folder`)."""
+    report = label_folder(str(teacher.final), images, store, batch_size=settings.label_batch_size, workers=1,
+                          settings=LabelSettings(input_size=settings.input_size), overwrite=teacher.fresh,
+                          progress=progress)
+    if report.ok + report.skipped == 0:
         raise RuntimeError(f"{store}: no image of {images} could be labelled: {report.failures[:3]}")
     return report.summary() + (f" ({'; '.join(report.failures)})" if report.failures else "")
 
@@ -369,13 +395,15 @@ def _photos_folder(photos: str | os.PathLike | bool | None) -> Path | None:
 
 
 def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation: bool = False,
-             photos: str | os.PathLike | bool | None = None, progress: bool = True) -> dict:
+             photos: str | os.PathLike | bool | None = None, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole loop into ``out``; returns ``metrics.json``'s content
     ``{"teacher": {split: {"abs_rel": .., "delta1": .., ...}}, "student": {...}}``.
 
     ``quick`` runs every stage at toy size (seconds; for tests). ``ablation`` also trains the rows
     of Table 9 (:func:`run_ablation`, much longer). ``photos``: a folder of real photos to
     pseudo-label for the pictures; None looks for ``../shared/data/photos``, False skips them.
+    ``resume`` continues an interrupted run in ``out``: every model whose training finished with the
+    same configuration is reused, label stores are continued; evaluation and the report are redone.
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -389,7 +417,7 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
                         f"target scenes, {d['n_source_test']} + {d['n_target_test']} test scenes"):
         folders = generate_data(out, settings.data)
     with stages("teacher", f"training on the {d['n_source_train']} labeled source scenes only"):
-        teacher = train_recipe(settings.teacher, out, name="configs/demo_teacher.yaml")
+        teacher = train_recipe(settings.teacher, out, name="configs/demo_teacher.yaml", resume=resume)
     with stages("label", f"pseudo-labelling the {d['n_target_unlabeled']} target images"
                          + (f" and the photos in {photo_dir}" if photo_dir else "")):
         label_summary = pseudo_label(teacher, folders["target_unlabeled"], out / "labels" / "target_unlabeled",
@@ -399,15 +427,17 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
             to_label = link_first_images(photo_dir, settings.photos_to_label, out / "data" / "photos")
             photo_summary = pseudo_label(teacher, to_label, out / "labels" / "photos", settings, progress)
     with stages("student", "training on labeled source + pseudo-labeled target images"):
-        student = train_recipe(settings.student, out, name="configs/demo_student.yaml")
+        student = train_recipe(settings.student, out, name="configs/demo_student.yaml",
+                               resume=resume and not teacher.fresh)
     with stages("eval", f"teacher and student on {' and '.join(TEST_SPLITS)}"):
-        models = {"teacher": load_model(teacher), "student": load_model(student)}
+        models = {"teacher": load_model(teacher.final), "student": load_model(student.final)}
         metrics = evaluate_models(models, out / "data", settings, out / "eval", progress)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run = DemoRun(out, settings, folders, metrics, label_summary, photo_dir, photo_summary, stages.seconds)
     if ablation:
         with stages("ablation", "Table 9 rows (several teachers and students; this takes a while)"):
-            run.ablation = run_ablation(out, settings, progress, main_teacher=teacher, main_student=student)
+            run.ablation = run_ablation(out, settings, progress, main_teacher=teacher, main_student=student,
+                                        resume=resume)
     with stages("report", "figures, report.md and report.html"):
         write_demo_report(run, models)
     (out / "run.json").write_text(json.dumps({"quick": quick, "seconds": stages.seconds,
@@ -464,13 +494,14 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
     return out
 
 
-def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher: Path | None = None,
-                 main_student: Path | None = None) -> dict:
+def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher: Trained | None = None,
+                 main_student: Trained | None = None, resume: bool = False) -> dict:
     """Train and evaluate every ablation row for every seed; writes ``out/ablation.json`` and ``out/ablation.md``.
 
     Per seed ``s`` the whole chain is rerun with ``train.seed = s``: teacher, pseudo-labels, students
     (the main run's teacher, labels and student are reused for the recipes' own seed). Rows with the
-    same recipe and pool are trained once.
+    same recipe and pool are trained once. With ``resume`` finished models of an interrupted run are
+    reused (:func:`train_recipe`); students are retrained when their seed's teacher was.
     """
     main_seed = settings.student["train"]["seed"]
     seeds = settings.ablation.get("seeds", [main_seed])
@@ -482,14 +513,14 @@ def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher
         reuse = seed == main_seed and main_teacher is not None
         teacher = main_teacher if reuse else train_recipe(
             settings.teacher, out, {"train": {"seed": seed, "out": str(base / "teacher")}},
-            name=f"configs/demo_teacher.yaml (ablation seed {seed})")
+            name=f"configs/demo_teacher.yaml (ablation seed {seed})", resume=resume)
         stores: dict[int | None, Path] = {None: out / "labels" / "target_unlabeled"} if reuse else {}
-        trained: dict[str, Path] = {}
+        trained: dict[str, Trained] = {}
         if reuse and main_student is not None:
             trained[json.dumps([settings.student, None], sort_keys=True)] = main_student
         for index, row in enumerate(rows):
             if row.student is None:
-                model = teacher
+                model = teacher.final
             else:
                 if row.pool not in stores:
                     stores[row.pool] = base / (f"labels_pool{row.pool}" if row.pool else "labels")
@@ -500,10 +531,11 @@ def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher
                 if key not in trained:
                     trained[key] = train_recipe(recipe, out, {
                         "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.pool])}]},
-                        "feature_alignment": {"frozen": str(teacher)} if recipe["feature_alignment"]["frozen"] else {},
+                        "feature_alignment": {"frozen": str(teacher.final)} if recipe["feature_alignment"]["frozen"]
+                        else {},
                         "train": {"seed": seed, "out": str(base / f"row{index}")}},
-                        name=f"ablation row {row.name!r}, seed {seed}")
-                model = trained[key]
+                        name=f"ablation row {row.name!r}, seed {seed}", resume=resume and not teacher.fresh)
+                model = trained[key].final
             loaded = load_model(model)
             scores = evaluate_models({row.name: loaded}, out / "data", settings, None, progress)[row.name]
             zero = zero_output_share(loaded, out / "data" / "target_test", settings.input_size)
@@ -552,22 +584,22 @@ def ablation_tables(summary: dict) -> list[rp.Table]:
             for group, table_rows in grouped.items()]
 
 
+def ablation_setup(settings: DemoSettings) -> str:
+    """One paragraph saying what the ablation trained and how it was scored."""
+    d, t, s = settings.data, settings.teacher["train"], settings.student["train"]
+    return (f"Data: {d['n_source_train']} labeled source scenes (indoor), {d['n_target_unlabeled']} unlabeled target "
+            f"scenes (outdoor), tested on {d['n_source_test']} + {d['n_target_test']} held-out scenes. Model "
+            f"`{settings.teacher['model']['init']}`; teacher {t['steps']} steps x {t['batch_size']} images; each "
+            f"student {s['steps']} steps x {s['batch_size']} images (labeled : unlabeled = {s['labeled_ratio'][0]} : "
+            f"{s['labeled_ratio'][1]}), the same random initialisation as the teacher. Input size "
+            f"{settings.input_size}; AbsRel and δ1 after least-squares alignment in disparity space.")
+
+
 def ablation_markdown(summary: dict, settings: DemoSettings) -> str:
     """``ablation.md``: the command, what was trained, and the tables (generated, never typed by hand)."""
-    d, t, s = settings.data, settings.teacher["train"], settings.student["train"]
-    lines = [
-        "# Ablation: Depth Anything V1 Table 9 at small scale",
-        "",
-        f"Command: `{summary['command']}` (written by `pseudodepth.demo.run_ablation`).",
-        "",
-        f"Data: {d['n_source_train']} labeled source scenes (indoor), {d['n_target_unlabeled']} unlabeled target "
-        f"scenes (outdoor), tested on {d['n_source_test']} + {d['n_target_test']} held-out scenes. Model "
-        f"`{settings.teacher['model']['init']}`; teacher {t['steps']} steps x {t['batch_size']} images; each student "
-        f"{s['steps']} steps x {s['batch_size']} images (labeled : unlabeled = {s['labeled_ratio'][0]} : "
-        f"{s['labeled_ratio'][1]}), the same random initialisation as the teacher. Input size {settings.input_size}; "
-        "AbsRel and δ1 after least-squares alignment in disparity space.",
-        "",
-    ]
+    lines = ["# Ablation: Depth Anything V1 Table 9 at small scale", "",
+             f"Command: `{summary['command']}` (written by `pseudodepth.demo.run_ablation`).", "",
+             ablation_setup(settings), ""]
     for table in ablation_tables(summary):
         lines += [table.markdown(), ""]
     return "\n".join(lines)
@@ -711,13 +743,16 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
 
 
 def add_demo_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``demo [--out DIR] [--quick] [--ablation] [--photos DIR | --no-photos]`` to a CLI's sub-parsers."""
+    """Add ``demo [--out DIR] [--quick] [--ablation] [--resume] [--photos DIR | --no-photos]`` to a CLI's
+    sub-parsers."""
     p = subparsers.add_parser("demo", help="the whole teacher -> pseudo-label -> student loop on generated "
                                            "scenes, with a report (about 10 minutes on 2 CPU cores)")
     p.add_argument("--out", default="demo_out", help="output folder (data, models, report.html, metrics.json)")
     p.add_argument("--quick", action="store_true", help="toy sizes: every stage in seconds (a smoke test)")
     p.add_argument("--ablation", action="store_true",
                    help="also train the rows of Depth Anything's Table 9 and write ablation.md (much longer)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out: reuse every finished model and label store")
     photos = p.add_mutually_exclusive_group()
     photos.add_argument("--photos", default=None, help="folder of real photos to pseudo-label for the report "
                                                        "(default: ../shared/data/photos if present)")
@@ -727,7 +762,7 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, ablation=args.ablation, photos=args.photos)
+    run_demo(args.out, quick=args.quick, ablation=args.ablation, photos=args.photos, resume=args.resume)
     return 0
 
 

@@ -1,0 +1,83 @@
+"""The demo's results for BENCHMARKS.md: student vs teacher, and the Table 9 ablation, from a finished run.
+
+    pseudodepth demo --ablation --out ablation_out     # about 80 minutes on 2 CPU cores
+    .venv/bin/python bench/demo_results.py --run ablation_out
+
+Reads ``RUN/metrics.json``, ``RUN/run.json`` and ``RUN/ablation.json`` (all written by the demo),
+prints the tables and writes them to ``bench/results/demo.md``; ``bench/collect.py`` then puts them
+into BENCHMARKS.md and the README. Nothing here is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from common import cpu_model, write_table  # bench/common.py (scripts run as `python bench/NAME.py`)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def results_markdown(run: Path) -> str:
+    """The demo's and the ablation's tables from the files a ``pseudodepth demo --ablation`` run wrote."""
+    from pseudodepth import demo
+
+    needed = {name: run / name for name in ("metrics.json", "run.json", "ablation.json")}
+    for path in needed.values():
+        if not path.is_file():
+            raise SystemExit(f"{path}: missing; run `pseudodepth demo --ablation --out {run}` first "
+                             f"(it writes {', '.join(needed)})")
+    metrics, info, summary = (json.loads(path.read_text()) for path in needed.values())
+    settings = demo.load_settings(quick=info["quick"])
+    stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in info["seconds"].items())
+    lines = [
+        f"Command: `{summary['command']} --out {run.name}`, then `python bench/demo_results.py --run {run.name}`",
+        "",
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. The whole run took "
+        f"{info['total_seconds'] / 60:.0f} min ({stages}) and {info['cpu_seconds'] / 60:.0f} CPU-minutes.",
+        "",
+        "**The demo (`make demo`): student vs teacher.** Seed 0, the run the ablation's seed-0 rows reuse.",
+        "",
+        demo.metrics_table(metrics).markdown(),
+        "",
+        "**Ablation: Depth Anything V1 Table 9 at small scale.** " + demo.ablation_setup(settings),
+        "",
+    ]
+    for table in demo.ablation_tables(summary):
+        lines += [table.markdown(), ""]
+    lines += collapsed_runs(summary)
+    return "\n".join(lines)
+
+
+def collapsed_runs(summary: dict, share: float = 0.5) -> list[str]:
+    """A sentence per trained run whose output is exactly 0 on more than ``share`` of the target test
+    pixels (its final ReLU is off there): such a run drags its row's mean and must be read per seed."""
+    found = [(row, seed, scores) for row, entry in summary["rows"].items()
+             for seed, scores in entry["seeds"].items() if scores["zero_output_target"] > share]
+    if not found:
+        return [f"No run collapsed (every run's output is non-zero on at least {100 * (1 - share):.0f}% of the "
+                "target test pixels).", ""]
+    lines = ["**Collapsed runs** (output exactly 0 on most target test pixels; the same trained model can appear "
+             "in several rows):", ""]
+    for row, seed, scores in found:
+        lines.append(f"- `{row}`, seed {seed}: zero on {100 * scores['zero_output_target']:.0f}% of the target "
+                     f"test pixels, target AbsRel {scores['target_test']['abs_rel']:.4f} "
+                     f"(model `{Path(scores['model']).parent.name}`)")
+    return [*lines, ""]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", type=Path, required=True, help="the --out folder of `pseudodepth demo --ablation`")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "demo.md")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    write_table(results_markdown(args.run.resolve()), args.out)
+
+
+if __name__ == "__main__":
+    main()
