@@ -108,8 +108,18 @@ def test_student_with_label_store(tmp_path: Path) -> None:
         assert 0.08 <= float(row["dropped_share"]) <= 0.13, row  # V2: the top 10% losses per image
         assert float(row["cutmix_area"]) > 0
         assert np.isfinite(float(row["feature_alignment"])) and np.isfinite(float(row["loss"]))
+        assert 0.0 <= float(row["unlabeled_zero_share"]) < 0.99  # a healthy preset: its output is not dead
     assert float(rows[0]["feature_alignment"]) == 0.0  # the student starts as the frozen encoder: all > margin
     assert load_model(final) is not None
+
+
+def test_dead_output_is_warned_about() -> None:
+    from pseudodepth.train import dead_output_warning
+
+    assert dead_output_warning({"step": 50, "unlabeled_zero_share": 0.5}) is None
+    assert dead_output_warning({"step": 5, "loss": 1.0}) is None  # a teacher has no such column
+    text = dead_output_warning({"step": 50, "unlabeled_zero_share": 1.0})
+    assert "step 50" in text and "100.0%" in text and "feature_alignment.weight" in text
 
 
 def test_feature_alignment_to_another_encoder(tmp_path: Path) -> None:

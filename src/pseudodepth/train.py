@@ -447,7 +447,20 @@ class CsvLog:
 TEACHER_COLUMNS = ["step", "loss", "labeled_loss", "labeled_ssi", "labeled_gm", "lr_encoder", "lr_decoder",
                    "images_per_s"]
 STUDENT_COLUMNS = TEACHER_COLUMNS[:5] + ["unlabeled_loss", "unlabeled_ssi", "unlabeled_gm", "dropped_share",
-                                         "cutmix_area", "feature_alignment"] + TEACHER_COLUMNS[5:]
+                                         "cutmix_area", "feature_alignment", "unlabeled_zero_share",
+                                         ] + TEACHER_COLUMNS[5:]
+DEAD_SHARE = 0.99  # unlabeled_zero_share above this: the output's final ReLU is off almost everywhere
+
+
+def dead_output_warning(stats: dict[str, float]) -> str | None:
+    """A warning when the student outputs exactly 0 on nearly every pseudo-labeled pixel: its final ReLU
+    is off there and those images give no gradient until it recovers (if it does)."""
+    share = stats.get("unlabeled_zero_share", 0.0)
+    if share <= DEAD_SHARE:
+        return None
+    return (f"step {int(stats['step'])}: the student outputs 0 on {100 * share:.1f}% of the pseudo-labeled pixels "
+            "(its final ReLU is off there, so they give no gradient; some runs recover, some stay dead). Lower "
+            "optim.encoder_lr or feature_alignment.weight, or try another train.seed.")
 
 
 def average_over_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -520,6 +533,7 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
         "unlabeled_loss": w.ssi_weight * stats_u["loss"], "unlabeled_ssi": stats_u["ssi"],
         "unlabeled_gm": stats_u["gm"], "dropped_share": stats_u["dropped_share"],
         "cutmix_area": stats_u["cutmix_area"], "feature_alignment": float(fa.detach()),
+        "unlabeled_zero_share": float((pred[n_l:].detach() == 0).float().mean()),
     }
 
 
@@ -581,6 +595,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     bar = tqdm(total=t.steps, initial=start, desc=f"train {config.mode}", unit="step", disable=not ctx.main,
                dynamic_ncols=True)
     seen: list[str] = []
+    warned = False
     tic, images_since = time.perf_counter(), 0
 
     for step, (labeled, unlabeled) in enumerate(streams, start=start):
@@ -609,6 +624,9 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
             tic, images_since = time.perf_counter(), 0
             if log is not None:
                 log.write(stats)
+                if (warning := dead_output_warning(stats)) and not warned:
+                    tqdm.write(f"warning: {warning}", file=sys.stderr)
+                    warned = True
             bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{stats['images_per_s']:.1f}")
         bar.update(1)
         if done % t.save_every == 0 and done < t.steps and ctx.main:
