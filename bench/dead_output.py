@@ -25,9 +25,9 @@ from pathlib import Path
 import yaml
 
 from common import machine, write_table  # bench/common.py (scripts run as `python bench/NAME.py`)
+from pseudodepth.train import DEAD_SHARE
 
 ROOT = Path(__file__).resolve().parents[1]
-DEAD = 0.99  # pseudodepth.train.DEAD_SHARE
 
 
 def read_log(path: Path) -> list[dict]:
@@ -75,7 +75,7 @@ def main() -> None:
                 if not log:
                     raise SystemExit(f"seed {seed}, weight {weight}: the run wrote no log; run the config by hand")
                 shares = [float(r["unlabeled_zero_share"]) for r in log]
-                dead_at = next((int(r["step"]) for r, s in zip(log, shares) if s > DEAD), None)
+                dead_at = next((int(r["step"]) for r, s in zip(log, shares) if s > DEAD_SHARE), None)
                 rows.append((weight, seed, dead_at, shares[-1], float(log[-1]["unlabeled_ssi"]), int(log[-1]["step"])))
                 print(f"weight {weight} seed {seed}: dead at {dead_at}, zero share {shares[-1]:.3f} "
                       f"at step {log[-1]['step']}", flush=True)
