@@ -14,7 +14,6 @@ Writes ``bench/results/dead_output.md`` (see bench/collect.py).
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import subprocess
 import sys
@@ -25,32 +24,35 @@ from pathlib import Path
 import yaml
 
 from common import machine, write_table  # bench/common.py (scripts run as `python bench/NAME.py`)
+from pseudodepth.report import read_log
 from pseudodepth.train import DEAD_SHARE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def read_log(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+def logged_steps(path: Path) -> float:
+    """The last step in a training log being written (0 before its first row)."""
+    try:
+        return float(read_log(path)["step"][-1])
+    except (FileNotFoundError, ValueError):  # not there yet, or a row half-written
+        return 0.0
 
 
-def first_steps(config: dict, steps: int, out: Path) -> list[dict]:
-    """Run ``pseudodepth train`` on ``config`` until its log reaches ``steps``; the log rows up to there."""
+def first_steps(config: dict, steps: int, out: Path) -> dict:
+    """Run ``pseudodepth train`` on ``config`` until its log reaches ``steps``; the log's columns up to there."""
     config = {**config, "train": {**config["train"], "out": str(out), "log_every": 10}}
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     proc = subprocess.Popen([str(Path(sys.executable).with_name("pseudodepth")), "train", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while proc.poll() is None and not any(int(r["step"]) >= steps for r in read_log(out / "log.csv")):
+        while proc.poll() is None and logged_steps(out / "log.csv") < steps:
             time.sleep(1)
     finally:
         proc.kill()
         proc.wait()
-    return [r for r in read_log(out / "log.csv") if int(r["step"]) <= steps]
+    log = read_log(out / "log.csv")
+    return {name: values[log["step"] <= steps] for name, values in log.items()}
 
 
 def main() -> None:
@@ -72,13 +74,12 @@ def main() -> None:
                 config = {**base, "train": {**base["train"], "seed": seed},
                           "feature_alignment": {**base["feature_alignment"], "enabled": True, "weight": weight}}
                 log = first_steps(config, a.steps, Path(tmp) / f"w{weight}_s{seed}")
-                if not log:
-                    raise SystemExit(f"seed {seed}, weight {weight}: the run wrote no log; run the config by hand")
-                shares = [float(r["unlabeled_zero_share"]) for r in log]
-                dead_at = next((int(r["step"]) for r, s in zip(log, shares) if s > DEAD_SHARE), None)
-                rows.append((weight, seed, dead_at, shares[-1], float(log[-1]["unlabeled_ssi"]), int(log[-1]["step"])))
+                shares, step = log["unlabeled_zero_share"], log["step"].astype(int)
+                dead = step[shares > DEAD_SHARE]
+                dead_at = int(dead[0]) if dead.size else None
+                rows.append((weight, seed, dead_at, float(shares[-1]), float(log["unlabeled_ssi"][-1]), int(step[-1])))
                 print(f"weight {weight} seed {seed}: dead at {dead_at}, zero share {shares[-1]:.3f} "
-                      f"at step {log[-1]['step']}", flush=True)
+                      f"at step {step[-1]}", flush=True)
     lines = [f"Command: `.venv/bin/python bench/dead_output.py {shlex.join(sys.argv[1:])}`",
              f"Machine: {machine()}, {time.strftime('%Y-%m-%d')}", "",
              "| feature_alignment.weight | seed | first logged step with > 99% zero output | zero share at the last "

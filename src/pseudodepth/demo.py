@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import yaml
@@ -45,7 +44,7 @@ from .colorize import colorize
 from .config import config_from_dict
 from .data.sources import folder as folder_source
 from .evaluate import evaluate
-from .imageio import read_rgb
+from .imageio import IMAGE_EXTENSIONS, read_rgb
 from .infer import predict
 from .label import LabelSettings, label_folder
 from .losses import pseudo_label_terms
@@ -61,7 +60,6 @@ ERROR_SCALE = 1.0  # per-pixel AbsRel at the top of the error colour scale
 MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train"}
 
 
@@ -352,11 +350,9 @@ def photo_figure(store: Path, student: torch.nn.Module, count: int, input_size: 
     triplets, names = [], []
     for row in rows_ok:
         rgb = read_rgb(label_store.source_path(row))
-        scale = 320 / max(rgb.shape[:2])
-        small = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
         pseudo = label_store.read_disparity(row)
         student_disp = predict(student, rgb, input_size)
-        triplets.append([small, colorize(pseudo), colorize(student_disp)])
+        triplets.append([rgb, colorize(pseudo), colorize(student_disp)])  # image_grid scales
         names.append(row["source"])
     rows = [sum(triplets[i:i + per_row], []) for i in range(0, len(triplets), per_row)]
     width = 3 * min(per_row, len(triplets))
@@ -486,7 +482,7 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
     (sorted by name; other files are left out)."""
     if count is None:
         return folder
-    images = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()][:count]
+    images = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()][:count]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for image in images:
@@ -686,7 +682,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
     zero = {m: zero_output_share(models[m], out / "data" / "target_test", settings.input_size) for m in MODELS}
     collapse = ("" if zero["student"] < 0.5 else
                 " **The student's output has collapsed on the target domain** (its final ReLU is off on most pixels, "
-                "so no gradient reaches them): this happens to some training runs from scratch, see `RESULTS.md`.")
+                "so no gradient reaches them): this happens to some training runs from scratch, see the ablation in `BENCHMARKS.md`.")
     doc.add("Results", metrics_table(metrics),
             "Relative depth, evaluated as Depth Anything does: the prediction is affine-invariant disparity, so "
             "each image gets the least-squares scale and shift against the ground truth before AbsRel "
