@@ -92,12 +92,86 @@ def test_load_official_pth(tmp_path, prefix):
     assert torch.allclose(forward(model, x), forward(src, x))
 
 
-def test_version_from_file_name(tmp_path):
-    src = build_model("v1", "tiny")
-    path = tmp_path / "depth_anything_vitt14.pth"
-    torch.save(hf_to_official(src.state_dict()), path)
-    assert model_info(load_model(path)).version == "v1"
-    assert model_info(load_model(path, version="v2")).version == "v2"
+def test_version_from_official_names_else_v2_with_one_line(tmp_path, capsys):
+    state = hf_to_official(build_model("v1", "tiny").state_dict())
+    for name, expected in [("depth_anything_vits14.pth", "v1"), ("depth_anything_vitl14.pth", "v1"),
+                           ("depth_anything_v2_vitb.pth", "v2")]:
+        torch.save(state, tmp_path / name)
+        assert model_info(load_model(tmp_path / name)).version == expected
+        assert capsys.readouterr().err == ""  # the name decides: nothing to say
+    for name in ("teacher.pth", "da2_vits.pth", "depth_anything_vitt14.pth", "my_v1_model.pth"):
+        torch.save(state, tmp_path / name)
+        assert model_info(load_model(tmp_path / name)).version == "v2"
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and name in err and "V2" in err and "--version v1" in err
+        assert model_info(load_model(tmp_path / name, version="v1")).version == "v1"
+        assert capsys.readouterr().err == ""  # the user said so
+    assert model_info(load_model(tmp_path / "depth_anything_vits14.pth", version="v2")).version == "v2"
+    with pytest.raises(ModelSpecError, match="--version must be one of"):
+        load_model(tmp_path / "teacher.pth", version="v3")
+
+
+def test_version_is_part_of_the_fingerprint(tmp_path):
+    state = hf_to_official(build_model("v2", "tiny").state_dict())
+    torch.save(state, tmp_path / "t.pth")
+    a, b = load_model(tmp_path / "t.pth", version="v1"), load_model(tmp_path / "t.pth", version="v2")
+    assert _same_weights(a, b)
+    assert fingerprint(a) != fingerprint(b)
+
+
+def test_metric_checkpoints_are_recognised_and_refused(tmp_path):
+    from pseudodepth.models import is_metric_checkpoint
+
+    state = hf_to_official(build_model("v2", "tiny").state_dict())
+    for name in ("depth_anything_v2_metric_hypersim_vits.pth", "depth_anything_v2_metric_vkitti_vitl.pth"):
+        assert is_metric_checkpoint(name)
+        torch.save(state, tmp_path / name)
+        with pytest.raises(ModelSpecError, match="metric"):
+            load_model(tmp_path / name)
+    assert not is_metric_checkpoint("depth_anything_v2_vits.pth")
+    model = build_model("v2", "tiny")
+    model.config.depth_estimation_type = "metric"
+    model.save_pretrained(tmp_path / "metric_hf", safe_serialization=True)
+    assert is_metric_checkpoint(tmp_path / "metric_hf", {"depth_estimation_type": "metric"})
+    with pytest.raises(ModelSpecError, match="metric"):
+        load_model(tmp_path / "metric_hf")
+
+
+def test_folders_whose_weights_do_not_all_map_are_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build_model("v2", "tiny")
+    save_checkpoint(model, tmp_path / "ok")
+    state = load_file(tmp_path / "ok" / "model.safetensors")
+    # a folder whose config.json is not a transformers Depth Anything config (e.g. a DA3 any-view download)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"model_name": "something-else"}')
+    save_file(state, tmp_path / "other" / "model.safetensors")
+    with pytest.raises(ModelSpecError, match="not a Depth Anything config"):
+        load_model(tmp_path / "other")
+    # missing tensors: named, refused
+    import shutil
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "missing")
+    save_file({k: v for k, v in state.items() if not k.startswith("head.conv3")}, tmp_path / "missing" / "model.safetensors")
+    with pytest.raises(ModelSpecError, match=r"missing from the file \(head\.conv3"):
+        load_model(tmp_path / "missing")
+    # unexpected tensors: named, refused
+    shutil.copytree(tmp_path / "ok", tmp_path / "extra")
+    save_file({**state, "head.sky.weight": torch.zeros(2)}, tmp_path / "extra" / "model.safetensors")
+    with pytest.raises(ModelSpecError, match=r"unexpected tensor\(s\) in the file \(head\.sky\.weight"):
+        load_model(tmp_path / "extra")
+    # an official .pth with a tensor the network lacks
+    official = hf_to_official(state)
+    official["depth_head.scratch.sky_output_conv2.0.weight"] = torch.zeros(2)
+    torch.save(official, tmp_path / "depth_anything_v2_vits.pth")
+    with pytest.raises(ModelSpecError, match="sky_output_conv2.*partly random"):
+        load_model(tmp_path / "depth_anything_v2_vits.pth")
+    official = hf_to_official(state)
+    del official["depth_head.scratch.output_conv2.2.weight"]
+    torch.save(official, tmp_path / "depth_anything_v2_vits.pth")
+    with pytest.raises(ModelSpecError, match=r"missing from the file \(head\.conv3\.weight"):
+        load_model(tmp_path / "depth_anything_v2_vits.pth")
 
 
 def test_official_loader_refuses_pickled_code(tmp_path):

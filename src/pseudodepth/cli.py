@@ -14,6 +14,9 @@ def _model_args(p: argparse.ArgumentParser, repeat: bool = False) -> None:
     p.add_argument("--model", required=True, action="append" if repeat else "store",
                    help="official .pth, Hugging Face folder, pseudodepth checkpoint, or preset (e.g. da-v2-small)"
                    + ("; repeat to compare models side by side" if repeat else ""))
+    p.add_argument("--version", choices=["v1", "v2"], default=None,
+                   help="Depth Anything version of an official .pth whose file name is not an official one "
+                   "(default: V2, said on one line)")
     p.add_argument("--input-size", type=int, default=518, help="network input size (lower bound, multiple of 14)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--tta", choices=["flip"], default=None, help="flip test-time augmentation")
@@ -33,7 +36,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict_files
 
     written, errors = predict_files(a.model, a.images, a.out, raw=a.raw, input_size=a.input_size,
-                                    precision=a.precision, tta=a.tta, device=a.device)
+                                    precision=a.precision, tta=a.tta, device=a.device, version=a.version)
     for e in errors:
         print(f"skipped {e}", file=sys.stderr)
     print(f"wrote {len(written)} files to {a.out}" + (f"; {len(errors)} images skipped" if errors else ""))
@@ -48,10 +51,11 @@ def cmd_label(a: argparse.Namespace) -> int:
         from .label_ray import label_folder_ray
 
         report = label_folder_ray(a.model, a.images, a.out, batch_size=a.batch_size, settings=settings,
-                                  overwrite=a.overwrite, address=a.address, num_actors=a.actors)
+                                  overwrite=a.overwrite, address=a.address, num_actors=a.actors,
+                                  version=a.version)
     else:
         report = label_folder(a.model, a.images, a.out, batch_size=a.batch_size, workers=a.workers,
-                              settings=settings, overwrite=a.overwrite, device=a.device)
+                              settings=settings, overwrite=a.overwrite, device=a.device, version=a.version)
     for line in report.failures[:20]:
         print(f"failed {line}", file=sys.stderr)
     print(report.summary())
@@ -63,7 +67,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     results = evaluate(name_models(a.model, a.name), a.data, space=a.space, input_size=a.input_size,
                        precision=a.precision, tta=a.tta, limit=a.limit, out_dir=a.out, device=a.device,
-                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop)
+                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop, version=a.version)
     print(format_table(results))
     print(f"wrote metrics.json, per_image.csv, table.md to {a.out}")
     return 0

@@ -66,10 +66,12 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """``init``: model SPEC or preset of the network trained (its decoder, and encoder unless
-    ``encoder_from`` is set); ``encoder_from``: SPEC whose pretrained encoder initialises it."""
+    ``encoder_from`` is set); ``encoder_from``: SPEC whose pretrained encoder initialises it;
+    ``version``: v1 | v2 for an official ``.pth`` ``init`` whose file name does not say (default V2)."""
 
     init: str = "da-v2-small"
     encoder_from: str | None = None
+    version: str | None = None
 
 
 @dataclass
@@ -371,6 +373,8 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
              f"must be [low, high] with 0 < low <= high, got {aug.blur_sigma}")
     _require(t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda"), file, "train.device",
              f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    _require(config.model.version in (None, "v1", "v2"), file, "model.version",
+             f"must be v1, v2 or absent, got {config.model.version!r}")
     _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
     if config.mode == "student":
         _require(bool(config.data.unlabeled), file, "data.unlabeled",

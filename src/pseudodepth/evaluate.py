@@ -247,10 +247,10 @@ def _describe(model: ModelLike) -> str:
 
 
 def _predictor(model: ModelLike, device: str | torch.device, input_size: int, precision: str,
-               tta: str | None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function rgb -> raw prediction at the image's resolution."""
+               tta: str | None, version: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A function rgb -> raw prediction at the image's resolution (``version``: of official ``.pth`` SPECs)."""
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model, device=device)
+        model = load_model(model, version=version, device=device)
     if isinstance(model, torch.nn.Module):
         model.eval()
         return lambda rgb: infer.predict(model, rgb, input_size, precision, tta)
@@ -302,6 +302,7 @@ def evaluate(
     max_depth: float | None = None,
     crop: str | None = "dataset",
     kb_crop: bool | None = None,
+    version: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Zero-shot metrics of every model on ``data``: ``{name: aggregate metrics}``.
 
@@ -328,7 +329,7 @@ def evaluate(
     source = _override(source, min_depth=min_depth, max_depth=max_depth, crop=crop, kb_crop=kb_crop)
     if source.kind != "labeled":
         raise ValueError(f"{source.name} holds pseudo-labels, not ground-truth depth; evaluate on labeled data")
-    predictors = {name: _predictor(model, device, input_size, precision, tta) for name, model in models.items()}
+    predictors = {name: _predictor(model, device, input_size, precision, tta, version) for name, model in models.items()}
 
     count = len(source) if limit is None else min(limit, len(source))
     rows: dict[str, list[dict[str, Any]]] = {name: [] for name in models}

@@ -159,14 +159,14 @@ class _Writer(threading.Thread):
 
 def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_size: int = 4, workers: int = 2,
                  settings: LabelSettings | None = None, overwrite: bool = False, device: str = "cpu",
-                 model=None, progress: bool = True) -> LabelReport:
+                 model=None, progress: bool = True, version: str | None = None) -> LabelReport:
     """Pseudo-label every file under ``images`` into the label store ``out``; resumes if interrupted."""
     settings = settings or LabelSettings()
     infer.check_settings(settings.precision, settings.tta)
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
     images = Path(images).resolve()
-    model = model if model is not None else load_model(model_spec, device=device)
+    model = model if model is not None else load_model(model_spec, version=version, device=device)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
     meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}

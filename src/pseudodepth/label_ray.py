@@ -69,9 +69,9 @@ class _Teacher:
     """Ray Data actor: one model, batched forward per network size, labels written, manifest rows out."""
 
     def __init__(self, model_spec: str, settings: LabelSettings, store_root: str, labels: dict[str, str],
-                 teacher: str):
+                 teacher: str, version: str | None = None):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_spec, device=self.device)
+        self.model = load_model(model_spec, version=version, device=self.device)
         self.settings, self.labels, self.teacher = settings, labels, teacher
         self.store = LabelStore(store_root)
         self.align = model_info(self.model).version == "v2"
@@ -145,7 +145,7 @@ def _actor_resources(num_actors: int | None) -> tuple[int, dict]:
 
 def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, batch_size: int = 4,
                      settings: LabelSettings | None = None, overwrite: bool = False, address: str | None = None,
-                     num_actors: int | None = None, progress: bool = True) -> LabelReport:
+                     num_actors: int | None = None, progress: bool = True, version: str | None = None) -> LabelReport:
     """Pseudo-label every file under ``images`` into the label store ``out`` with Ray Data; resumable.
 
     ``address`` connects to a running cluster (``HOST:6379``); without it a local Ray is started (or
@@ -160,7 +160,7 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     if batch_size < 1 or (num_actors is not None and num_actors < 1):
         raise ValueError("--batch-size and --actors must be >= 1")
     images, out = Path(images).resolve(), Path(out).resolve()
-    model = load_model(model_spec)  # the driver's copy only fixes the teacher fingerprint
+    model = load_model(model_spec, version=version)  # the driver's copy only fixes the teacher fingerprint
     teacher = fingerprint(model, settings.as_dict())
     del model
     store = LabelStore(out)
@@ -185,7 +185,8 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
             _Teacher, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors),
             batch_format="numpy",
             fn_constructor_kwargs={"model_spec": str(model_spec), "settings": settings, "store_root": str(out),
-                                   "labels": {s: labels[s] for s in todo}, "teacher": teacher},
+                                   "labels": {s: labels[s] for s in todo}, "teacher": teacher,
+                                   "version": version},
             max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_BATCH_RETRIES, **resources,
         )
     committed: set[str] = set()

@@ -7,9 +7,14 @@ DPT head) with SDPA attention on the backbone. :func:`load_model` is the one way
 ``transformers`` can load it too.
 
 Official Depth Anything V1 and V2 checkpoints have identical tensor shapes; only the decoder's
-input layers differ (V2: evenly spaced, V1: the last four). The *size* is read from the shapes, the
-*version* from the file name (``depth_anything_v2_vits.pth`` vs ``depth_anything_vits14.pth``) or
-the ``version=`` argument.
+input layers differ (V2: evenly spaced, V1: the last four). The *size* is read from the shapes. The
+*version* is the ``version=`` argument (``--version v1|v2``) when given; otherwise a ``.pth`` is V1
+only under an official V1 name (``depth_anything_vit{s,b,l}14.pth``) and V2 under every other name,
+with one line on stderr saying so when the name is not an official one (:func:`resolve_version`).
+
+Loading never returns a partly random model: every tensor of the file must map onto the network and
+every tensor of the network must come from the file, else :class:`ModelSpecError` names what is
+missing or unexpected. Metric checkpoints (:func:`is_metric_checkpoint`) are refused for now.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -180,9 +186,67 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str:
     )
 
 
-def version_from_name(path: Path) -> str:
-    """'v2' for official V2 file names (``depth_anything_v2_vits.pth``), else 'v1' (``depth_anything_vits14.pth``)."""
-    return "v2" if re.search(r"v2", path.name, re.IGNORECASE) else "v1"
+VERSIONS = ("v1", "v2")
+V1_NAME = re.compile(r"depth_anything_vit[sbl]14\.pth")  # the official V1 release names, exactly
+V2_NAME = re.compile(r"depth_anything_v2_vit[sblg]\.pth")  # the official V2 release names, exactly
+
+
+def version_from_name(path: str | Path) -> str | None:
+    """'v1' / 'v2' for the official release names, None when the name does not decide."""
+    name = Path(path).name
+    if V1_NAME.fullmatch(name):
+        return "v1"
+    if V2_NAME.fullmatch(name):
+        return "v2"
+    return None
+
+
+def resolve_version(path: str | Path, version: str | None = None) -> str:
+    """The version of an official-layout ``.pth``: ``version`` if given, else from the official name,
+    else 'v2' with one line on stderr saying it was assumed (V1 files keep their official name)."""
+    if version is not None:
+        if version not in VERSIONS:
+            raise ModelSpecError(f"--version must be one of {VERSIONS}, got {version!r}")
+        return version
+    named = version_from_name(path)
+    if named is not None:
+        return named
+    print(f"pseudodepth: {Path(path).name}: not an official Depth Anything file name; loading it as V2 "
+          "(pass --version v1 if it is a Depth Anything V1 checkpoint)", file=sys.stderr)
+    return "v2"
+
+
+METRIC_NAME = re.compile(r"metric_(hypersim|vkitti)", re.IGNORECASE)
+
+
+def is_metric_checkpoint(path: str | Path, config: dict | None = None) -> bool:
+    """True for a Depth Anything V2 *metric* checkpoint: an official name containing
+    ``metric_hypersim`` / ``metric_vkitti``, or a model config whose ``depth_estimation_type`` is
+    ``metric``. (DA3METRIC is a depth model of its own, handled by :mod:`pseudodepth.da3`.)"""
+    if METRIC_NAME.search(Path(path).name):
+        return True
+    return bool(config) and config.get("depth_estimation_type") == "metric"
+
+
+def refuse_metric(path: str | Path) -> None:
+    raise ModelSpecError(
+        f"{path}: a metric Depth Anything checkpoint (sigmoid x max depth); pseudodepth does not load "
+        "metric models yet; use a relative-depth checkpoint (e.g. depth_anything_v2_vitl.pth)"
+    )
+
+
+def check_keys(path: str | Path, missing: list[str], unexpected: list[str], what: str) -> None:
+    """Refuse a checkpoint whose tensors do not all map onto the network (never a partly random model)."""
+    if not missing and not unexpected:
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} network tensor(s) missing from the file ({', '.join(missing[:4])}"
+                     + (", ..." if len(missing) > 4 else "") + ")")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensor(s) in the file ({', '.join(unexpected[:4])}"
+                     + (", ..." if len(unexpected) > 4 else "") + ")")
+    raise ModelSpecError(f"{path}: does not match {what}: {'; '.join(parts)}; refusing to load a partly random model")
 
 
 def load_official(path: str | Path, version: str | None = None) -> DepthAnythingForDepthEstimation:
@@ -196,20 +260,20 @@ def load_official(path: str | Path, version: str | None = None) -> DepthAnything
         state = state["model"]
     if not isinstance(state, dict):
         raise ModelSpecError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    if is_metric_checkpoint(path):
+        refuse_metric(path)
     state = strip_prefix(state)
     size = infer_arch(state)
-    version = version or version_from_name(path)
-    model = build_model(version, size, source=str(path))
     try:
         mapped = official_to_hf(state)
     except KeyError as err:
-        raise ModelSpecError(f"{path}: {err.args[0]}") from None
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise ModelSpecError(
-            f"{path}: does not match the official {size} architecture "
-            f"(missing {missing[:3]}..., unexpected {unexpected[:3]}...)"
-        )
+        raise ModelSpecError(f"{path}: {err.args[0]}; refusing to load a partly random model") from None
+    model = build_model(resolve_version(path, version), size, source=str(path))
+    try:
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ModelSpecError(f"{path}: tensor shapes do not match the official {size} architecture ({err})") from None
+    check_keys(path, missing, unexpected, f"the official {size} architecture")
     return model
 
 
@@ -225,26 +289,60 @@ def version_from_config(config: DepthAnythingConfig) -> str:
     return "v1" if list(config.backbone_config.out_indices) == list(range(n - 3, n + 1)) else "v2"
 
 
-def load_folder(path: str | Path) -> DepthAnythingForDepthEstimation:
-    """Load a Hugging Face model folder or a pseudodepth checkpoint (safetensors only, offline)."""
-    path = Path(path)
+def read_folder_config(path: Path) -> dict:
+    """The raw ``config.json`` of a model folder (a one-line error when absent or not JSON)."""
     if not (path / "config.json").is_file():
         raise ModelSpecError(f"{path}: no config.json; expected a Hugging Face model folder or a pseudodepth checkpoint")
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelSpecError(f"{path}/config.json: not readable JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ModelSpecError(f"{path}/config.json: expected a JSON object")
+    return raw
+
+
+def load_folder(path: str | Path, version: str | None = None) -> DepthAnythingForDepthEstimation:
+    """Load a Hugging Face model folder or a pseudodepth checkpoint (safetensors only, offline).
+
+    Every tensor of ``model.safetensors`` must map onto the network and every network tensor must be
+    in the file (checked here, not left to a ``transformers`` warning). ``version`` overrides the
+    version read from the config (it decides the final upsampling).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    raw = read_folder_config(path)
     if not (path / "model.safetensors").is_file():
         raise ModelSpecError(f"{path}: no model.safetensors; only safetensors weights are loaded (no pickles)")
+    if is_metric_checkpoint(path, raw):
+        refuse_metric(path)
+    if raw.get("model_type") != "depth_anything":
+        raise ModelSpecError(
+            f"{path}/config.json: not a Depth Anything config (model_type {raw.get('model_type')!r}, "
+            f"model_name {raw.get('model_name')!r}); expected a transformers DepthAnythingForDepthEstimation folder"
+        )
     try:
         config = DepthAnythingConfig.from_pretrained(path, local_files_only=True)
     except Exception as err:  # noqa: BLE001
         raise ModelSpecError(f"{path}/config.json: not a Depth Anything config ({err})") from None
     config.backbone_config._attn_implementation = "sdpa"
-    model = DepthAnythingForDepthEstimation.from_pretrained(
-        path, config=config, local_files_only=True, use_safetensors=True
-    )
+    try:
+        state = load_file(path / "model.safetensors")
+    except (SafetensorError, OSError) as err:
+        raise ModelSpecError(f"{path}/model.safetensors: cannot read ({err})") from None
+    model = DepthAnythingForDepthEstimation(config)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise ModelSpecError(f"{path}: tensor shapes do not match its config.json ({err})") from None
+    check_keys(path, missing, unexpected, "the network its config.json describes")
     size = next(
         (n for n, a in ARCHS.items() if (a.embed, a.depth) == (config.backbone_config.hidden_size, config.backbone_config.num_hidden_layers)),
         "custom",
     )
-    return _finish(model, ModelInfo(version_from_config(config), size, str(path)))
+    return _finish(model, ModelInfo(version or version_from_config(config), size, str(path)))
 
 
 def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path, meta: dict | None = None) -> Path:
@@ -269,8 +367,10 @@ def load_model(spec: str | Path, version: str | None = None, device: str | torch
         model = build_model(v, size, source=spec_s)
     else:
         path = Path(spec_s).expanduser()
+        if version is not None and version not in VERSIONS:
+            raise ModelSpecError(f"--version must be one of {VERSIONS}, got {version!r}")
         if path.is_dir():
-            model = load_folder(path)
+            model = load_folder(path, version)
         elif path.is_file() and path.suffix in (".pth", ".pt", ".bin"):
             model = load_official(path, version)
         elif path.is_file():
@@ -314,9 +414,13 @@ def model_info(model) -> ModelInfo:
 
 
 def fingerprint(model, settings: dict | None = None) -> str:
-    """sha256 over every weight (names, shapes, dtypes, bytes) and the inference settings, 16 hex chars."""
+    """sha256 over every weight (names, shapes, dtypes, bytes), the model's version (it changes the
+    output: V1/V2 upsample differently) and the inference settings, 16 hex chars."""
     h = hashlib.sha256()
-    state = getattr(model, "module", model).state_dict()
+    model = getattr(model, "module", model)
+    meta = getattr(model.config, "pseudodepth", None) or {}
+    h.update(json.dumps({"version": meta.get("version")}, sort_keys=True).encode())
+    state = model.state_dict()
     for name in sorted(state):
         t = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())

@@ -15,14 +15,14 @@ from .models import load_model
 
 def predict_files(model_spec: str, images: list[str | Path], out: str | Path, *, raw: bool = False,
                   input_size: int = 518, precision: str = "fp32", tta: str | None = None, device: str = "cpu",
-                  model=None, progress: bool = True) -> tuple[list[Path], list[str]]:
+                  model=None, progress: bool = True, version: str | None = None) -> tuple[list[Path], list[str]]:
     """Write ``out/<stem>.png`` (Spectral_r, near = warm) and with ``raw`` ``out/<stem>.npy`` per image.
 
     Returns (written files, one-line errors for images that could not be read). Bad images are
     reported and skipped; the others are still predicted.
     """
     infer.check_settings(precision, tta)
-    model = model if model is not None else load_model(model_spec, device=device)
+    model = model if model is not None else load_model(model_spec, version=version, device=device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []

@@ -306,7 +306,7 @@ def build_model(config: TrainConfig) -> nn.Module:
     a model file or folder keeps its trained decoder.
     """
     init = resolve_model(config.model.init, config.base_dir)
-    model = load_model(init)
+    model = load_model(init, version=config.model.version)
     if config.model.encoder_from:
         load_encoder(model.backbone, config.model.encoder_from, "model.encoder_from", config)
     freeze_unused(model)
