@@ -56,29 +56,55 @@ def test_safe_join_refuses_escapes(tmp_path):
             safe_join(tmp_path, bad)
 
 
-@pytest.mark.parametrize("kind", ["random", "constant", "with_nan", "one_pixel", "huge_range"])
+@pytest.mark.parametrize("kind", ["random", "constant", "with_nan", "with_inf", "all_nan", "constant_with_nan",
+                                  "one_pixel", "huge_range"])
 def test_label_encoding_round_trip_against_reference(kind):
     rng = np.random.default_rng(0)
     d = {"random": rng.random((31, 17)) * 5,
          "constant": np.full((4, 4), 2.5),
          "with_nan": np.where(rng.random((9, 9)) > 0.2, rng.random((9, 9)), np.nan),
+         "with_inf": np.array([[np.inf, 1.0], [2.0, -np.inf]]),
+         "all_nan": np.full((3, 3), np.nan),
+         "constant_with_nan": np.array([[2.0, np.nan], [2.0, 2.0]]),
          "one_pixel": np.array([[3.0]]),
          "huge_range": np.array([[1e-6, 1e6], [5.0, 7.0]])}[kind]
-    q, lo, hi = encode_label(d)
+    q, lo, hi, invalid = encode_label(d)
     assert q.dtype == np.uint16
     fin = np.isfinite(d)
-    # slow reference from the definition: q = round((d - min) / (max - min) * 65535)
+    assert invalid == int((~fin).sum())
+    # slow reference from the definition: without invalid pixels q = round((d - min) / (max - min) * 65535);
+    # with invalid pixels 0 = invalid, q = 1 + round((d - min) / (max - min) * 65534)
     for idx in np.ndindex(d.shape):
         if not fin[idx]:
             assert q[idx] == 0
-        elif hi > lo:
-            assert q[idx] == int(np.rint((d[idx] - lo) / (hi - lo) * 65535))
+        elif invalid == 0:
+            assert q[idx] == (int(np.rint((d[idx] - lo) / (hi - lo) * 65535)) if hi > lo else 0)
         else:
-            assert q[idx] == 0
-    back = decode_label(q, lo, hi)
-    assert np.all(np.abs(back[fin] - d[fin]) <= (hi - lo) / 65535 / 2 + 1e-6 * max(1.0, abs(hi)))
+            assert q[idx] == 1 + (int(np.rint((d[idx] - lo) / (hi - lo) * 65534)) if hi > lo else 0)
+    back = decode_label(q, lo, hi, invalid)
+    assert np.array_equal(np.isfinite(back), fin)  # a non-finite teacher pixel never decodes as a valid one
+    assert np.all(np.abs(back[fin] - d[fin]) <= (hi - lo) / 65534 / 2 + 1e-6 * max(1.0, abs(hi)))
     if fin.any():
-        assert lo == np.nanmin(d) and hi == np.nanmax(d)
+        assert lo == np.nanmin(d[fin]) and hi == np.nanmax(d[fin])
+
+
+def test_non_finite_teacher_output_is_invalid_in_every_reader(tmp_path):
+    from pseudodepth.data.sources import label_store
+
+    store = LabelStore(tmp_path / "s")
+    d = np.array([[1.0, np.nan, 3.0], [np.inf, 2.0, 0.5]], np.float32)
+    lo, hi, invalid = store.write_label("labels/a.png", d)
+    row = {**_row("a.jpg"), "label": "labels/a.png", "min": lo, "max": hi, "invalid": invalid}
+    assert invalid == 2
+    back = store.read_disparity(row)
+    assert np.array_equal(np.isfinite(back), np.isfinite(d))
+    store.root.joinpath("store.json").write_text('{"source_root": "%s"}' % tmp_path)
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "a.jpg")
+    store.append([row])
+    _, values, valid = label_store(store.root).load(0)
+    assert np.array_equal(valid, np.isfinite(d)) and np.allclose(values[valid], d[np.isfinite(d)], atol=(hi - lo) / 65534)
+    # rows written before the column existed decode as before
+    assert store.rows()[0]["invalid"] == 2
 
 
 def test_label_paths_mirror_sources_and_never_collide():

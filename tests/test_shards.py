@@ -74,7 +74,7 @@ def test_samples_read_back_exactly(store, export):
             rgb, disparity, meta = decode_sample(key, group, shard)
             row = rows[meta["source"]]
             seen.append(meta["source"])
-            assert meta == {k: row[k] for k in ("source", "hash", "min", "max", "height", "width", "teacher")}
+            assert meta == {k: row[k] for k in ("source", "hash", "min", "max", "height", "width", "teacher", "invalid")}
             assert group["depth.png"] == (store / row["label"]).read_bytes()
             np.testing.assert_array_equal(disparity, labels.read_disparity(row))
             assert rgb.shape == (row["height"], row["width"], 3)

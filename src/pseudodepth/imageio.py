@@ -17,8 +17,11 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Pillow's guard against decompression bombs: keep it, but above the 24 MP photos people label.
-Image.MAX_IMAGE_PIXELS = 512_000_000
+# Pillow's guard against decompression bombs, as one limit of ours: :func:`decode_rgb` reads the size
+# from the header and refuses larger images before decoding a pixel (``--max-pixels`` changes it).
+# Pillow's own check is switched off so that a raised ``--max-pixels`` is not refused a second time.
+DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)  # Pillow's default: 89,478,485 pixels
+Image.MAX_IMAGE_PIXELS = None
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -55,15 +58,20 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
-def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
+def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes into an upright 8-bit RGB array (H x W x 3).
 
-    Raises :class:`ImageError` (naming ``name``) for empty, truncated, corrupt or non-image data.
+    Raises :class:`ImageError` (naming ``name``) for empty, truncated, corrupt or non-image data, and
+    for images of more than ``max_pixels`` pixels (read from the header: nothing is decoded).
     """
     if not data:
         raise ImageError(name, "empty file (0 bytes); remove it or re-download it")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageError(name, f"{width} x {height} = {width * height:,} pixels, above the limit of "
+                                       f"{max_pixels:,} (not decoded); downscale it or raise --max-pixels")
             img.load()  # forces a full decode: truncated files raise here
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb8(img)
@@ -76,27 +84,47 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>") -> np.ndarray:
     return rgb
 
 
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
+def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as upright 8-bit RGB (H x W x 3). Raises :class:`ImageError` naming the file."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
         raise ImageError(path, f"cannot read file ({err.strerror})") from None
-    return decode_rgb(data, path)
+    return decode_rgb(data, path, max_pixels)
 
 
-def list_files(root: str | os.PathLike) -> list[str]:
+# Files that mark a folder pseudodepth wrote: a label store, a training run or checkpoint, a shard export.
+STORE_MARKERS = ("store.json", "manifest.parquet", "manifest.journal", "label.lock")
+CHECKPOINT_MARKERS = ("pseudodepth.json", "trainer.pt")
+
+
+def is_pseudodepth_folder(path: str | os.PathLike) -> bool:
+    """True for a folder written by pseudodepth: a label store (``store.json``, manifest, lock), a
+    checkpoint (``pseudodepth.json``), a training run (``log.csv`` + ``config.yaml``) or a shard export."""
+    path = Path(path)
+    if any((path / m).is_file() for m in STORE_MARKERS + CHECKPOINT_MARKERS):
+        return True
+    if (path / "log.csv").is_file() and (path / "config.yaml").is_file():
+        return True
+    return (path / "index.json").is_file() and (path / "shard-000000.tar").is_file()
+
+
+def list_files(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> list[str]:
     """Every regular, non-hidden file under ``root`` (sub-folders walked), as sorted POSIX relative paths.
 
     Non-image files are listed too: the label store records them as failed rows instead of
-    silently ignoring them.
+    silently ignoring them. Folders in ``exclude`` (e.g. the output store) and every folder
+    pseudodepth wrote (:func:`is_pseudodepth_folder`) are not entered.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder of images; pass --images DIR with your image folder")
+    skip = {os.path.realpath(p) for p in exclude}
     out = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and os.path.realpath(os.path.join(dirpath, d)) not in skip
+                             and not is_pseudodepth_folder(os.path.join(dirpath, d)))
         for f in filenames:
             if f.startswith("."):
                 continue
@@ -106,18 +134,30 @@ def list_files(root: str | os.PathLike) -> list[str]:
     return sorted(out)
 
 
-def safe_join(root: str | os.PathLike, rel: str) -> Path:
-    """Join a relative path from a manifest or config onto ``root``, refusing anything that escapes it.
+def safe_join(root: str | os.PathLike, rel: str, follow_links: bool = False) -> Path:
+    """Join a relative path read from a file (manifest, shard index, list file) onto ``root``,
+    refusing anything that escapes it: absolute paths and ``..`` that leaves the root always; with
+    ``follow_links=False`` (the default) also a symbolic link inside the root that points outside it
+    (the resolved path must stay under the resolved root).
 
-    The check is lexical (``..`` and absolute paths are refused); symbolic links the user placed
-    inside the folder are followed as usual.
+    ``follow_links=True`` is for the user's own image and dataset folders, where a link to a file
+    elsewhere is a deliberate layout (a folder of links to a photo library); pseudodepth's own
+    outputs (label stores, shard exports) never contain links, so there one that escapes is refused.
+    The one path join for every path read from a file; returns the lexical (unresolved) path.
     """
     root_a = Path(os.path.abspath(root))
+    if not isinstance(rel, str) or not rel or "\0" in rel:
+        raise ValueError(f"path {rel!r} under {root_a} is not a non-empty relative path; fix the manifest or config entry")
     if Path(rel).is_absolute():
         raise ValueError(f"path {rel!r} must be relative to {root_a}, not absolute")
     full = Path(os.path.normpath(root_a / rel))
     if full != root_a and root_a not in full.parents:
         raise ValueError(f"path {rel!r} escapes its root {root_a}; fix the manifest or config entry")
+    if not follow_links:
+        real_root, real = Path(os.path.realpath(root_a)), Path(os.path.realpath(full))
+        if real != real_root and real_root not in real.parents:
+            raise ValueError(f"path {rel!r} under {root_a} leads outside it through a symbolic link (to {real}); "
+                             "a pseudodepth store or export holds no links: re-create it")
     return full
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,20 +27,23 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import infer
-from .imageio import ImageError, decode_rgb, list_files, safe_join
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb, list_files, safe_join
+from .licences import licence_of, non_commercial_notice
 from .models import fingerprint, load_model, model_info
 from .preprocess import prepare, upsample
-from .store import LabelStore, label_paths
+from .store import LabelStore, StoreError, label_paths
 
 
 @dataclass
 class LabelSettings:
-    """Everything that changes label values: part of the teacher fingerprint."""
+    """Everything that changes label values (part of the teacher fingerprint), and ``max_pixels``:
+    images above it become failed rows without being decoded (it changes no label value)."""
 
     input_size: int = 518
     precision: str = "fp32"
     tta: str | None = None
     keep_aspect: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def as_dict(self) -> dict:
         return {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
@@ -67,13 +71,13 @@ def load_item(root: Path, rel: str, settings: LabelSettings) -> dict:
     """Read, hash, decode and preprocess one source. Never raises for bad images: returns an error item."""
     item = {"source": rel, "hash": "", "error": "", "height": 0, "width": 0, "pixels": None}
     try:
-        data = safe_join(root, rel).read_bytes()
+        data = safe_join(root, rel, follow_links=True).read_bytes()
     except (OSError, ValueError) as err:
         item["error"] = f"cannot read file: {err}"
         return item
     item["hash"] = hashlib.sha256(data).hexdigest()
     try:
-        rgb = decode_rgb(data, rel)
+        rgb = decode_rgb(data, rel, settings.max_pixels)
     except ImageError as err:
         item["error"] = err.reason
         return item
@@ -87,18 +91,32 @@ def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tens
     """Turn one processed item into a manifest row, writing its label (network-res disparity in)."""
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
-           "teacher": teacher}
+           "teacher": teacher, "invalid": 0}
     if disparity is None:
         return row
     full = upsample(disparity[None].float(), (item["height"], item["width"]), align_corners)[0].numpy()
-    lo, hi = store.write_label(label, full)
-    row.update(status="ok", error="", label=label, min=lo, max=hi)
+    lo, hi, invalid = store.write_label(label, full)
+    row.update(status="ok", error="", label=label, min=lo, max=hi, invalid=invalid)
     return row
 
 
+def store_meta(model_spec: str, model, settings: LabelSettings, images: Path) -> dict:
+    """``store.json`` contents (besides the fingerprint): model SPEC, version, licence, settings, source folder."""
+    return {"model": str(model_spec), "version": model_info(model).version, "licence": licence_of(model_spec),
+            "settings": settings.as_dict(), "source_root": str(images)}
+
+
+def announce_licence(meta: dict) -> None:
+    """One line on stderr when the teacher's weights are non-commercial."""
+    if notice := non_commercial_notice(meta["model"], meta["licence"]):
+        print(notice, file=sys.stderr)
+
+
 def plan(store: LabelStore, images: Path, teacher: str, meta: dict, overwrite: bool) -> tuple[list[str], dict, int]:
-    """Open the store for this teacher and list the sources still to do: (todo, label path map, done count)."""
-    sources = list_files(images)
+    """Open the store for this teacher and list the sources still to do: (todo, label path map, done count).
+
+    The walk never enters the store itself nor any other folder pseudodepth wrote."""
+    sources = list_files(images, exclude=(store.root,))
     store.open_for(teacher, meta, overwrite=overwrite)
     done = {r["source"] for r in store.rows()}
     todo = [s for s in sources if s not in done]
@@ -166,12 +184,21 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
     images = Path(images).resolve()
+    if settings.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be >= 1, got {settings.max_pixels}")
     model = model if model is not None else load_model(model_spec, version=version, device=device)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
-    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
-    todo, labels, done = plan(store, images, teacher, meta, overwrite)
-    report = LabelReport(skipped=done)
+    meta = store_meta(model_spec, model, settings, images)
+    with store.writing():
+        todo, labels, done = plan(store, images, teacher, meta, overwrite)
+        announce_licence(meta)
+        return _run(model, store, images, todo, labels, teacher, settings, batch_size, workers, progress,
+                    LabelReport(skipped=done))
+
+
+def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,
+         settings: LabelSettings, batch_size: int, workers: int, progress: bool, report: LabelReport) -> LabelReport:
     align = model_info(model).version == "v2"
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
     writer = _Writer(store, labels, teacher, align, report, bar)
@@ -187,6 +214,7 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
         out_batch = infer.forward(model, x, settings.precision, settings.tta).cpu()
         writer.put(list(zip(items, out_batch)))
 
+    failed = True
     try:
         for item in loader:
             if item["pixels"] is None:
@@ -200,9 +228,16 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
                 run_bucket(max(buckets, key=lambda k: len(buckets[k])))
         for key in list(buckets):
             run_bucket(key)
+        failed = False
     finally:
-        writer.close()
-        bar.close()
-        store.consolidate()
+        try:
+            writer.close()
+        finally:
+            bar.close()
+            try:
+                store.consolidate()
+            except StoreError:
+                if not failed:
+                    raise  # else the first error is the one to report; the journal keeps every row
     report.seconds = time.perf_counter() - start
     return report

@@ -35,9 +35,9 @@ import torch
 from tqdm import tqdm
 
 from . import infer
-from .label import LabelReport, LabelSettings, finish_item, load_item, plan
+from .label import LabelReport, LabelSettings, announce_licence, finish_item, load_item, plan, store_meta
 from .models import fingerprint, load_model, model_info
-from .store import LabelStore
+from .store import LabelStore, StoreError
 
 # A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
 # times, before the run stops (then re-running the command resumes). Bounded, so that a batch that
@@ -153,8 +153,6 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     network (default: one per GPU, else one). On a cluster, ``images`` and ``out`` must be on a
     shared filesystem mounted at the same path on every node.
     """
-    import ray
-
     settings = settings or LabelSettings()
     infer.check_settings(settings.precision, settings.tta)
     if batch_size < 1 or (num_actors is not None and num_actors < 1):
@@ -162,11 +160,21 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     images, out = Path(images).resolve(), Path(out).resolve()
     model = load_model(model_spec, version=version)  # the driver's copy only fixes the teacher fingerprint
     teacher = fingerprint(model, settings.as_dict())
-    del model
     store = LabelStore(out)
-    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
-    todo, labels, done = plan(store, images, teacher, meta, overwrite)
-    report = LabelReport(skipped=done)
+    meta = store_meta(model_spec, model, settings, images)
+    del model
+    with store.writing():
+        todo, labels, done = plan(store, images, teacher, meta, overwrite)
+        announce_licence(meta)
+        return _run_ray(model_spec, store, images, out, todo, labels, teacher, settings, batch_size, address,
+                        num_actors, progress, version, LabelReport(skipped=done))
+
+
+def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[str], labels: dict, teacher: str,
+             settings: LabelSettings, batch_size: int, address: str | None, num_actors: int | None, progress: bool,
+             version: str | None, report: LabelReport) -> LabelReport:
+    import ray
+
     start = time.perf_counter()
     if not todo:
         store.consolidate()
@@ -191,6 +199,7 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
         )
     committed: set[str] = set()
     bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
+    failed = True
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = [r for r in block.to_pylist() if r["source"] not in committed]  # never commit a row twice
@@ -203,8 +212,16 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
                     report.failed += 1
                     report.failures.append(f"{r['source']}: {r['error']}")
             bar.update(len(rows))
+        failed = False
+    except StoreError as err:  # an actor's write error arrives wrapped in Ray's multi-line RayTaskError
+        cause = getattr(err, "cause", err)
+        raise (cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])) from None
     finally:
         bar.close()
-        store.consolidate()
+        try:
+            store.consolidate()
+        except StoreError:
+            if not failed:
+                raise  # else the first error is the one to report; the journal keeps every row
     report.seconds = time.perf_counter() - start
     return report

@@ -6,8 +6,9 @@ Export (:func:`export_shards`, ``pseudodepth shards STORE --out DIR``)::
                            KEY.jpg        the source image: its own bytes for an upright RGB/gray JPEG,
                                           else the decoded upright image re-encoded at JPEG quality 95
                            KEY.depth.png  the 16-bit label PNG, byte for byte
-                           KEY.json       {source, hash, min, max, height, width, teacher}
-    DIR/index.json         {"format", "teacher", "store", "total", "shards": [{"name", "count"}, ...]}
+                           KEY.json       {source, hash, min, max, height, width, teacher, invalid}
+    DIR/index.json         {"format", "teacher", "model", "licence", "store", "total",
+                            "shards": [{"name", "count"}, ...]}
 
 Keys hold no dots (WebDataset splits the member name at the first dot): ``000042_sub_dir_name``,
 the sample's position in the export then its sanitised source path. Shards are written to a
@@ -49,13 +50,13 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .data.dataset import DepthDataset
 from .data.sources import DepthSource, Sample
-from .imageio import ImageError, decode_rgb
+from .imageio import ImageError, decode_rgb, safe_join
 from .store import LabelStore, StoreError, decode_label
 
 SHARD_NAME = "shard-{:06d}.tar"
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "pseudodepth-shards/1"
-JSON_FIELDS = ("source", "hash", "min", "max", "height", "width", "teacher")
+JSON_FIELDS = ("source", "hash", "min", "max", "height", "width", "teacher", "invalid")
 JPEG_QUALITY = 95
 
 
@@ -118,7 +119,13 @@ def _sample_members(store: LabelStore, row: dict, key: str) -> list[tuple[str, b
         image = source_jpeg(data, str(path))
     except ImageError as err:
         raise ShardError(f"{err}; it was labelled ok, so the file changed: restore it or relabel") from None
-    label = (store.root / row["label"]).read_bytes()
+    try:
+        label = store.label_path(row).read_bytes()
+    except ValueError as err:
+        raise ShardError(f"{store.manifest_path}: row {row['source']!r}: {err}") from None
+    except OSError as err:
+        raise ShardError(f"{store.root}: cannot read the label of row {row['source']!r} ({err.strerror}); "
+                         "relabel it with `pseudodepth label`") from None
     meta = {k: row[k] for k in JSON_FIELDS}
     return [(f"{key}.jpg", image), (f"{key}.depth.png", label),
             (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
@@ -147,7 +154,9 @@ def export_shards(store_root: str | os.PathLike, out_dir: str | os.PathLike, max
         _write_shard(path, members)
         shards.append(path)
         counts.append(len(chunk))
-    index = {"format": INDEX_FORMAT, "teacher": store.meta().get("teacher", ""), "store": str(store.root.resolve()),
+    meta = store.meta()
+    index = {"format": INDEX_FORMAT, "teacher": meta.get("teacher", ""), "model": meta.get("model", ""),
+             "licence": meta.get("licence", "unknown"), "store": str(store.root.resolve()),
              "total": len(rows), "shards": [{"name": p.name, "count": c} for p, c in zip(shards, counts)]}
     tmp = out / f".tmp-{INDEX_NAME}"
     tmp.write_text(json.dumps(index, indent=2))
@@ -183,7 +192,10 @@ def read_index(index: str | os.PathLike) -> ShardSet:
                          "and pass DIR/index.json") from None
     if meta.get("format") != INDEX_FORMAT or not meta.get("shards"):
         raise ShardError(f"{path}: not a {INDEX_FORMAT} index with shards; re-export with `pseudodepth shards`")
-    paths = tuple(path.parent / s["name"] for s in meta["shards"])
+    try:
+        paths = tuple(safe_join(path.parent, s["name"]) for s in meta["shards"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ShardError(f"{path}: bad shard entry ({err}); re-export with `pseudodepth shards`") from None
     if missing := [str(p) for p in paths if not p.is_file()]:
         raise ShardError(f"{path}: shard file(s) missing: {', '.join(missing[:3])}; copy the whole export folder")
     return ShardSet(paths, tuple(int(s["count"]) for s in meta["shards"]))
@@ -241,7 +253,7 @@ def decode_sample(key: str, group: Mapping[str, bytes], shard: Path) -> tuple[np
     if q is None or q.dtype != np.uint16 or q.shape != rgb.shape[:2]:
         raise ShardError(f"{shard}: {key}.depth.png is not a 16-bit label of the image's size "
                          f"{rgb.shape[:2]}; re-export the shard")
-    return rgb, decode_label(q, row["min"], row["max"]), row
+    return rgb, decode_label(q, row["min"], row["max"], row.get("invalid") or 0), row
 
 
 def _decoded_image(sample: Sample) -> np.ndarray:

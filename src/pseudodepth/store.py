@@ -5,18 +5,29 @@ Layout (DESIGN.md section 3)::
     STORE/store.json          teacher fingerprint, model SPEC, settings, source folder
     STORE/manifest.parquet    one row per source image (see ``MANIFEST_SCHEMA``)
     STORE/manifest.journal    rows committed since the last consolidation (JSON lines)
+    STORE/label.lock          held (``flock``) by the process writing the store: its pid and host
     STORE/labels/<rel>.png    16-bit PNG: min-max normalised disparity, 0/65535 = row min/max
+                              (rows with ``invalid`` > 0: 0 = invalid pixel, 1..65535 = min..max)
 
 Crash safety: a label is written to a temporary name and renamed; its row is appended to the
 journal (flushed, fsynced) only after the rename. A run killed at any point therefore leaves no
 half-written label and no row without its label. Readers merge ``manifest.parquet`` with the
 journal; :meth:`LabelStore.consolidate` folds the journal into the parquet file (atomically).
+
+Misuse: one writer at a time (:meth:`LabelStore.writing` takes an ``flock`` on ``label.lock``; the
+kernel drops it when the process dies, so a crashed run never leaves the store stuck). Any OS error
+while writing (full disk, permissions) becomes a one-line :class:`StoreWriteError`; what was written
+before it stays valid, and the same command continues once the cause is fixed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
@@ -37,33 +48,62 @@ MANIFEST_SCHEMA = pa.schema([
     ("min", pa.float64()),  # disparity mapped to PNG value 0
     ("max", pa.float64()),  # disparity mapped to PNG value 65535
     ("teacher", pa.string()),  # teacher fingerprint (weights + settings)
+    ("invalid", pa.int64()),  # pixels without a label (non-finite teacher output, sky): PNG value 0
 ])
 PNG_MAX = 65535
+LOCK_NAME = "label.lock"
 
 
 class StoreError(RuntimeError):
     """A label store that cannot be used as asked (e.g. made by another teacher)."""
 
 
-def encode_label(disparity: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """float disparity -> (uint16 map, min, max) with ``q = round((d - min) / (max - min) * 65535)``.
+class StoreBusyError(StoreError):
+    """Another live process is writing the store."""
 
-    Non-finite values are mapped to 0. A constant map encodes as all zeros with ``min == max``.
+
+class StoreWriteError(StoreError):
+    """An OS error (full disk, permissions, ...) while writing the store; nothing half-written remains."""
+
+
+def write_error(err: OSError, path: str | os.PathLike) -> StoreWriteError:
+    """The one-line error for an OS error while writing ``path``: what, where, what to do."""
+    what = os.strerror(err.errno) if err.errno else str(err)
+    fix = "free disk space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix the cause"
+    return StoreWriteError(f"cannot write {path}: {what} [errno {err.errno}]; {fix} and run the same command "
+                           "again: labels written so far are kept and the run continues where it stopped")
+
+
+def encode_label(disparity: np.ndarray) -> tuple[np.ndarray, float, float, int]:
+    """float disparity -> (uint16 map, min, max, invalid pixel count).
+
+    Without non-finite pixels: ``q = round((d - min) / (max - min) * 65535)`` (a constant map encodes
+    as all zeros with ``min == max``). With ``n > 0`` non-finite pixels (no label there: NaN/inf teacher
+    output, sky) those pixels get ``q = 0`` and the others ``q = 1 + round((d - min) / (max - min) * 65534)``.
     """
     d = np.asarray(disparity, dtype=np.float64)
     finite = np.isfinite(d)
+    invalid = int(finite.size - np.count_nonzero(finite))
     if not finite.any():
-        return np.zeros(d.shape, np.uint16), 0.0, 0.0
+        return np.zeros(d.shape, np.uint16), 0.0, 0.0, invalid
     lo, hi = float(d[finite].min()), float(d[finite].max())
-    if hi <= lo:
-        return np.zeros(d.shape, np.uint16), lo, hi
-    q = np.where(finite, (d - lo) * (PNG_MAX / (hi - lo)), 0.0)
-    return np.clip(np.rint(q), 0, PNG_MAX).astype(np.uint16), lo, hi
+    if invalid == 0:
+        if hi <= lo:
+            return np.zeros(d.shape, np.uint16), lo, hi, 0
+        q = (d - lo) * (PNG_MAX / (hi - lo))
+        return np.clip(np.rint(q), 0, PNG_MAX).astype(np.uint16), lo, hi, 0
+    scaled = (d - lo) * ((PNG_MAX - 1) / (hi - lo)) if hi > lo else np.zeros(d.shape)
+    q = np.where(finite, 1 + np.clip(np.rint(np.where(finite, scaled, 0)), 0, PNG_MAX - 1), 0)
+    return q.astype(np.uint16), lo, hi, invalid
 
 
-def decode_label(q: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Inverse of :func:`encode_label`: ``d = min + q / 65535 * (max - min)`` as float32."""
-    return (lo + q.astype(np.float64) * ((hi - lo) / PNG_MAX)).astype(np.float32)
+def decode_label(q: np.ndarray, lo: float, hi: float, invalid: int = 0) -> np.ndarray:
+    """Inverse of :func:`encode_label` as float32: ``d = min + q / 65535 * (max - min)``, or with
+    ``invalid`` > 0: NaN where ``q == 0``, ``d = min + (q - 1) / 65534 * (max - min)`` elsewhere."""
+    q = q.astype(np.float64)
+    if not invalid:
+        return (lo + q * ((hi - lo) / PNG_MAX)).astype(np.float32)
+    return np.where(q > 0, lo + (q - 1) * ((hi - lo) / (PNG_MAX - 1)), np.nan).astype(np.float32)
 
 
 def label_paths(sources: list[str]) -> dict[str, str]:
@@ -109,12 +149,44 @@ class LabelStore:
                 f"{self.root} holds labels from teacher {old.get('teacher')} ({old.get('model')}), "
                 f"not {teacher} ({meta.get('model')}); use another --out, or --overwrite to relabel everything"
             )
-        self.root.mkdir(parents=True, exist_ok=True)
-        if overwrite and old:
-            self.manifest_path.unlink(missing_ok=True)
-            self.journal_path.unlink(missing_ok=True)
-        atomic_write_bytes(self.meta_path, json.dumps({**meta, "teacher": teacher}, indent=2, sort_keys=True).encode())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if overwrite and old:
+                self.manifest_path.unlink(missing_ok=True)
+                self.journal_path.unlink(missing_ok=True)
+            atomic_write_bytes(self.meta_path, json.dumps({**meta, "teacher": teacher}, indent=2,
+                                                          sort_keys=True).encode())
+        except OSError as err:
+            raise write_error(err, self.meta_path) from None
 
+    @contextlib.contextmanager
+    def writing(self):
+        """Hold the store's write lock for the ``with`` block; refuse at once if a live process holds it.
+
+        ``flock`` on ``STORE/label.lock``: the kernel releases it when the holder exits or is killed,
+        so a crashed run never leaves the store locked. The file records the holder's pid and host.
+        """
+        lock_path = self.root / LOCK_NAME
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise write_error(err, lock_path) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                raise StoreBusyError(f"{self.root} is being written by {holder}; wait for it to finish "
+                                     "(or stop it), then run the same command again") from None
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+            except OSError:
+                pass  # the lock itself is held; the note naming the holder is a courtesy
+            yield
+        finally:
+            os.close(fd)  # releases the flock
     @property
     def source_root(self) -> Path:
         root = self.meta().get("source_root")
@@ -143,50 +215,98 @@ class LabelStore:
                 merged[row["source"]] = row
         for row in self._journal_rows():
             merged[row["source"]] = row
-        out = [merged[k] for k in sorted(merged)]
+        out = [{**merged[k], "invalid": merged[k].get("invalid") or 0} for k in sorted(merged)]
         return [r for r in out if status is None or r["status"] == status]
 
     def append(self, rows: list[dict]) -> None:
-        """Commit rows: one JSON line each, flushed and fsynced before returning."""
+        """Commit rows: one JSON line each, flushed and fsynced before returning.
+
+        A torn last line (a killed run) is cut off first, and a failed write is cut back, so the
+        journal only ever holds whole rows.
+        """
         if not rows:
             return
         data = b"".join(json.dumps(_check_row(r), sort_keys=True).encode() + b"\n" for r in rows)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.journal_path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.journal_path, "a+b") as f:
+                size = _whole_lines(f)
+                try:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                except OSError:
+                    f.truncate(size)
+                    raise
+        except OSError as err:
+            raise write_error(err, self.journal_path) from None
 
     def consolidate(self) -> int:
         """Fold the journal into ``manifest.parquet`` (atomic rename), then drop the journal."""
         rows = self.rows()
         table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
         tmp = self.manifest_path.with_name(".manifest.parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.manifest_path)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.manifest_path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise write_error(err, self.manifest_path) from None
         self.journal_path.unlink(missing_ok=True)
         return len(rows)
 
     # ------------------------------------------------------------ labels
 
-    def write_label(self, label: str, disparity: np.ndarray) -> tuple[float, float]:
-        """Encode and atomically write one label; returns the (min, max) to store in its row."""
-        q, lo, hi = encode_label(disparity)
-        atomic_write_bytes(safe_join(self.root, label), encode_png(q))
-        return lo, hi
+    def write_label(self, label: str, disparity: np.ndarray) -> tuple[float, float, int]:
+        """Encode and atomically write one label; returns the (min, max, invalid) to store in its row."""
+        q, lo, hi, invalid = encode_label(disparity)
+        path = safe_join(self.root, label)
+        try:
+            atomic_write_bytes(path, encode_png(q))
+        except OSError as err:
+            raise write_error(err, path) from None
+        return lo, hi, invalid
+
+    def label_path(self, row: dict) -> Path:
+        """Absolute path of a row's label (refuses manifest paths that escape the store)."""
+        return safe_join(self.root, row["label"])
 
     def read_disparity(self, row: dict) -> np.ndarray:
-        """The stored disparity of an ``ok`` row (float32, source resolution), restored from min/max."""
+        """The stored disparity of an ``ok`` row (float32, source resolution), restored from min/max;
+        NaN where the row has no label (see :func:`decode_label`)."""
         if row["status"] != "ok":
             raise StoreError(f"{self.root}: row {row['source']!r} has status {row['status']}: {row['error']}")
-        return decode_label(read_png16(safe_join(self.root, row["label"])), row["min"], row["max"])
+        return decode_label(read_png16(self.label_path(row)), row["min"], row["max"], row.get("invalid") or 0)
 
     def source_path(self, row: dict) -> Path:
-        """Absolute path of a row's source image (refuses manifest paths that escape the source folder)."""
-        return safe_join(self.source_root, row["source"])
+        """Absolute path of a row's source image (refuses manifest paths that escape the source folder;
+        links the user placed in the image folder are followed)."""
+        return safe_join(self.source_root, row["source"], follow_links=True)
+
+
+def _whole_lines(f) -> int:
+    """Cut a torn last line off an open journal; returns its (new) size."""
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    f.seek(max(0, size - 65536))
+    tail = f.read()
+    if tail.endswith(b"\n"):
+        return size
+    cut = tail.rfind(b"\n")
+    if cut < 0 and size > len(tail):  # a torn line longer than 64 KiB: find its start the slow way
+        f.seek(0)
+        whole = f.read()
+        new = whole.rfind(b"\n") + 1
+    else:
+        new = size - len(tail) + cut + 1
+    f.truncate(new)
+    f.seek(new)
+    return new
 
 
 def _check_row(row: dict) -> dict:
+    row = {"invalid": 0, **row}  # rows written before the column existed
     missing = set(MANIFEST_SCHEMA.names) - set(row)
     if missing:
         raise ValueError(f"manifest row for {row.get('source')!r} lacks {sorted(missing)}")

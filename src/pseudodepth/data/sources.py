@@ -259,7 +259,8 @@ def kitti(
                 pairs.append((f"{drive[:10]}/{drive}/{camera}/data/{frame}", rel))
     samples, missing = [], []
     for image_rel, depth_rel in pairs:
-        sample = Sample(imageio.safe_join(image_root, image_rel), imageio.safe_join(depth_root, depth_rel))
+        sample = Sample(imageio.safe_join(image_root, image_rel, follow_links=True),
+                        imageio.safe_join(depth_root, depth_rel, follow_links=True))
         (samples if sample.image_path.is_file() else missing).append(sample)
     if missing:
         raise _missing_error(image_root, [str(s.image_path) for s in missing], "image file")
@@ -430,7 +431,7 @@ def label_store(root: str | os.PathLike) -> DepthSource:
     """
     root = Path(root)
     store = LabelStore(root)
-    samples = [Sample(store.source_path(row), imageio.safe_join(root, row["label"]), row=row)
+    samples = [Sample(store.source_path(row), store.label_path(row), row=row)
                for row in store.rows(status="ok")]
     if not samples:
         raise FileNotFoundError(f"{root}: the label store has no 'ok' rows; run `pseudodepth label --out {root}` first")
