@@ -12,12 +12,15 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 def _model_args(p: argparse.ArgumentParser, repeat: bool = False) -> None:
     p.add_argument("--model", required=True, action="append" if repeat else "store",
-                   help="official .pth, Hugging Face folder, pseudodepth checkpoint, or preset (e.g. da-v2-small)"
+                   help="official Depth Anything .pth, Hugging Face folder, Depth Anything 3 mono folder "
+                   "(DA3MONO-LARGE, DA3METRIC-LARGE), pseudodepth checkpoint, or preset (e.g. da-v2-small)"
                    + ("; repeat to compare models side by side" if repeat else ""))
     p.add_argument("--version", choices=["v1", "v2"], default=None,
                    help="Depth Anything version of an official .pth whose file name is not an official one "
                    "(default: V2, said on one line)")
-    p.add_argument("--input-size", type=int, default=518, help="network input size (lower bound, multiple of 14)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="network input size (default: the model's own: 518, lower bound; Depth Anything 3: 504, "
+                   "longest side)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--tta", choices=["flip"], default=None, help="flip test-time augmentation")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -46,7 +49,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_label(a: argparse.Namespace) -> int:
     from .label import LabelSettings, label_folder
 
-    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square)
+    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square, max_pixels=a.max_pixels)
     if a.engine == "ray":
         from .label_ray import label_folder_ray
 
@@ -82,6 +85,8 @@ def cmd_shards(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .imageio import DEFAULT_MAX_PIXELS
+
     parser = argparse.ArgumentParser(prog="pseudodepth", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode/resize worker processes")
     p.add_argument("--square", action="store_true", help="resize to a fixed input-size square (one batch shape)")
     p.add_argument("--overwrite", action="store_true", help="relabel a store made by another teacher")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"images with more pixels become failed rows without being decoded (default {DEFAULT_MAX_PIXELS:,}, "
+                   "Pillow's decompression-bomb limit)")
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")

@@ -246,7 +246,7 @@ def _describe(model: ModelLike) -> str:
         return getattr(model, "__name__", type(model).__name__)
 
 
-def _predictor(model: ModelLike, device: str | torch.device, input_size: int, precision: str,
+def _predictor(model: ModelLike, device: str | torch.device, input_size: int | None, precision: str,
                tta: str | None, version: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """A function rgb -> raw prediction at the image's resolution (``version``: of official ``.pth`` SPECs)."""
     if isinstance(model, (str, os.PathLike)):
@@ -291,7 +291,7 @@ def evaluate(
     data: DataLike,
     *,
     space: str = "disparity",
-    input_size: int = 518,
+    input_size: int | None = None,
     precision: str = "fp32",
     tta: str | None = None,
     limit: int | None = None,

@@ -75,6 +75,8 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
             img.load()  # forces a full decode: truncated files raise here
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb8(img)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (unknown or unsupported format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

@@ -1,6 +1,8 @@
 """Running a depth model: precision, flip test-time augmentation, one image or a batch.
 
-Output is the model's raw relative disparity (non-negative, larger = nearer), float32.
+Output is the model's raw relative disparity (non-negative, larger = nearer), float32. Depth
+Anything 3 models predict depth: their output becomes disparity = 1 / depth, NaN (invalid) on sky
+pixels (:func:`pseudodepth.da3.to_disparity`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import numpy as np
 import torch
 
+from .da3 import to_disparity
 from .models import model_info
 from .preprocess import prepare, upsample
 
@@ -46,16 +49,32 @@ def forward(model, pixel_values: torch.Tensor, precision: str = "fp32", tta: str
         x = torch.cat([x, x.flip(-1)])
     with autocast(x.device, precision):
         out = model(pixel_values=x).predicted_depth.float()
+    if is_da3(model):
+        out = to_disparity(out, getattr(model, "module", model).head.sky)
     if tta == "flip":
         a, b = out.chunk(2)
         out = 0.5 * (a + b.flip(-1))
     return out
 
 
-def predict(model, rgb: np.ndarray, input_size: int = 518, precision: str = "fp32", tta: str | None = None,
+def is_da3(model) -> bool:
+    return model_info(model).version.startswith("da3")
+
+
+def resize_method(model) -> str:
+    """The preprocessing a model was trained with: ``da3`` for Depth Anything 3, else ``lower_bound``."""
+    return "da3" if is_da3(model) else "lower_bound"
+
+
+def align_corners(model) -> bool:
+    """Bilinear upsampling of the output back to the image: ``align_corners=True`` except for V1."""
+    return model_info(model).version != "v1"
+
+
+def predict(model, rgb: np.ndarray, input_size: int | None = None, precision: str = "fp32", tta: str | None = None,
             keep_aspect: bool = True) -> np.ndarray:
-    """Disparity (H x W float32) for one uint8 RGB image at the image's own resolution."""
-    x = torch.from_numpy(prepare(rgb, input_size, keep_aspect))[None]
+    """Disparity (H x W float32) for one uint8 RGB image at the image's own resolution
+    (``input_size`` None: the model's own, 518 or DA3's 504)."""
+    x = torch.from_numpy(prepare(rgb, input_size, keep_aspect, resize_method(model)))[None]
     out = forward(model, x, precision, tta)
-    align = model_info(model).version == "v2"
-    return upsample(out, rgb.shape[:2], align_corners=align)[0].cpu().numpy()
+    return upsample(out, rgb.shape[:2], align_corners=align_corners(model))[0].cpu().numpy()

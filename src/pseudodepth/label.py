@@ -18,7 +18,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from . import infer
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb, list_files, safe_join
 from .licences import licence_of, non_commercial_notice
 from .models import fingerprint, load_model, model_info
-from .preprocess import prepare, upsample
+from .preprocess import DEFAULT_INPUT_SIZE, prepare, upsample
 from .store import LabelStore, StoreError, label_paths
 
 
@@ -39,15 +39,21 @@ class LabelSettings:
     """Everything that changes label values (part of the teacher fingerprint), and ``max_pixels``:
     images above it become failed rows without being decoded (it changes no label value)."""
 
-    input_size: int = 518
+    input_size: int | None = None  # None: the model's own (518; DA3: 504)
     precision: str = "fp32"
     tta: str | None = None
     keep_aspect: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    resize: str = "lower_bound"  # set from the model by :func:`for_model`
 
     def as_dict(self) -> dict:
         return {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
-                "keep_aspect": self.keep_aspect}
+                "keep_aspect": self.keep_aspect, "resize": self.resize}
+
+    def for_model(self, model) -> LabelSettings:
+        """These settings with the model's preprocessing and default input size filled in."""
+        resize = infer.resize_method(model)
+        return replace(self, resize=resize, input_size=self.input_size or DEFAULT_INPUT_SIZE[resize])
 
 
 @dataclass
@@ -82,7 +88,7 @@ def load_item(root: Path, rel: str, settings: LabelSettings) -> dict:
         item["error"] = err.reason
         return item
     item["height"], item["width"] = rgb.shape[:2]
-    item["pixels"] = prepare(rgb, settings.input_size, settings.keep_aspect)
+    item["pixels"] = prepare(rgb, settings.input_size, settings.keep_aspect, settings.resize)
     return item
 
 
@@ -187,6 +193,7 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     if settings.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {settings.max_pixels}")
     model = model if model is not None else load_model(model_spec, version=version, device=device)
+    settings = settings.for_model(model)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)
@@ -199,7 +206,7 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
 
 def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,
          settings: LabelSettings, batch_size: int, workers: int, progress: bool, report: LabelReport) -> LabelReport:
-    align = model_info(model).version == "v2"
+    align = infer.align_corners(model)
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
     writer = _Writer(store, labels, teacher, align, report, bar)
     writer.start()

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from . import infer
 from .label import LabelReport, LabelSettings, announce_licence, finish_item, load_item, plan, store_meta
-from .models import fingerprint, load_model, model_info
+from .models import fingerprint, load_model
 from .store import LabelStore, StoreError
 
 # A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
@@ -74,7 +74,7 @@ class _Teacher:
         self.model = load_model(model_spec, version=version, device=self.device)
         self.settings, self.labels, self.teacher = settings, labels, teacher
         self.store = LabelStore(store_root)
-        self.align = model_info(self.model).version == "v2"
+        self.align = infer.align_corners(self.model)
         if (got := fingerprint(self.model, settings.as_dict())) != teacher:
             raise RuntimeError(f"model {model_spec!r} on this Ray node has teacher fingerprint {got}, but the driver's "
                                f"has {teacher}; give every node the same weights (a shared path or a preset)")
@@ -159,6 +159,7 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
         raise ValueError("--batch-size and --actors must be >= 1")
     images, out = Path(images).resolve(), Path(out).resolve()
     model = load_model(model_spec, version=version)  # the driver's copy only fixes the teacher fingerprint
+    settings = settings.for_model(model)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)

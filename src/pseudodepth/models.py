@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
+from . import da3
 from .convert import official_to_hf, strip_prefix
 
 
@@ -73,13 +74,12 @@ DEFAULT_SEED = 0
 class ModelInfo:
     """What a loaded model is: stored on ``model.config.pseudodepth`` and in every checkpoint."""
 
-    version: str  # "v1" | "v2": decides the final upsampling (V2: align_corners=True)
+    version: str  # "v1" | "v2" | "da3mono" | "da3metric": output kind, preprocessing and final upsampling
     size: str
     source: str  # the SPEC it came from
 
 
-class ModelSpecError(ValueError):
-    """A model SPEC that is not a preset, an official .pth, or a model folder."""
+ModelSpecError = da3.DA3Error  # one error type for every model SPEC problem (DA3 loading raises it too)
 
 
 def make_config(version: str, size: str) -> DepthAnythingConfig:
@@ -260,6 +260,8 @@ def load_official(path: str | Path, version: str | None = None) -> DepthAnything
         state = state["model"]
     if not isinstance(state, dict):
         raise ModelSpecError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
+    if da3.is_da3_state(state):  # a legacy Depth Anything 3 .pth (DA3 names, not pretrained.* / depth_head.*)
+        return da3.load_da3_state(state, path, da3.kind_of_name(path.name))
     if is_metric_checkpoint(path):
         refuse_metric(path)
     state = strip_prefix(state)
@@ -314,6 +316,8 @@ def load_folder(path: str | Path, version: str | None = None) -> DepthAnythingFo
 
     path = Path(path)
     raw = read_folder_config(path)
+    if (model_name := da3.read_da3_config(path)) is not None:
+        return da3.load_da3_folder(path, model_name)
     if not (path / "model.safetensors").is_file():
         raise ModelSpecError(f"{path}: no model.safetensors; only safetensors weights are loaded (no pickles)")
     if is_metric_checkpoint(path, raw):

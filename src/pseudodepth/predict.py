@@ -14,7 +14,7 @@ from .models import load_model
 
 
 def predict_files(model_spec: str, images: list[str | Path], out: str | Path, *, raw: bool = False,
-                  input_size: int = 518, precision: str = "fp32", tta: str | None = None, device: str = "cpu",
+                  input_size: int | None = None, precision: str = "fp32", tta: str | None = None, device: str = "cpu",
                   model=None, progress: bool = True, version: str | None = None) -> tuple[list[Path], list[str]]:
     """Write ``out/<stem>.png`` (Spectral_r, near = warm) and with ``raw`` ``out/<stem>.npy`` per image.
 

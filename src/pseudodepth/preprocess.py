@@ -7,6 +7,11 @@ bilinearly (``align_corners=True`` in V2, ``False`` in V1's ``run.py``).
 
 Every step runs in float64 as in the official code, so the network input is bit-identical to
 ``infer_image``'s (a float32 resize would be ~30% faster but differs by up to 2e-4).
+
+Depth Anything 3 (``resize="da3"``) has its own preprocessing, the official ``InputProcessor`` with
+``upper_bound_resize``: the longest side to ``input_size`` (504), OpenCV ``INTER_CUBIC`` when enlarging
+and ``INTER_AREA`` when shrinking, on the uint8 image; then each side to its nearest multiple of 14
+(ties up) by a second resize (cubic if either side grows, else area); ImageNet mean/std.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch.nn.functional as F
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 PATCH = 14
+RESIZE_METHODS = ("lower_bound", "da3")
+DEFAULT_INPUT_SIZE = {"lower_bound": 518, "da3": 504}
 
 
 def _multiple_of(x: float, multiple: int, min_val: int) -> int:
@@ -47,8 +54,53 @@ def network_size(height: int, width: int, input_size: int = 518, keep_aspect: bo
     )
 
 
-def prepare(rgb: np.ndarray, input_size: int = 518, keep_aspect: bool = True) -> np.ndarray:
-    """uint8 RGB (H x W x 3) -> normalised float32 CHW array at the network size."""
+def _nearest_multiple(x: int, p: int = PATCH) -> int:
+    """Official DA3 ``nearest_multiple``: the closer of floor/ceil multiple of ``p``; ties go up."""
+    down = (x // p) * p
+    up = down + p
+    return max(1, up if abs(up - x) <= abs(x - down) else down)
+
+
+def _resize_u8(rgb: np.ndarray, width: int, height: int, enlarge: bool) -> np.ndarray:
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_CUBIC if enlarge else cv2.INTER_AREA)
+
+
+def prepare_da3(rgb: np.ndarray, input_size: int = 504, keep_aspect: bool = True) -> np.ndarray:
+    """uint8 RGB -> the DA3 network input (official ``InputProcessor``, ``upper_bound_resize``), float32 CHW.
+
+    ``keep_aspect=False`` resizes to a fixed square (``input_size`` rounded to a multiple of 14) instead.
+    """
+    img = np.ascontiguousarray(rgb)
+    h, w = img.shape[:2]
+    if not keep_aspect:
+        side = _nearest_multiple(input_size)
+        img = _resize_u8(img, side, side, side > h or side > w) if (h, w) != (side, side) else img
+    else:
+        longest = max(w, h)
+        if longest != input_size:
+            scale = input_size / float(longest)
+            nw, nh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+            img = _resize_u8(img, nw, nh, scale > 1.0)
+            h, w = img.shape[:2]
+        nw, nh = _nearest_multiple(w), _nearest_multiple(h)
+        if (nw, nh) != (w, h):
+            img = _resize_u8(img, nw, nh, nw > w or nh > h)
+    x = (img.astype(np.float32) / 255.0 - IMAGENET_MEAN.astype(np.float32)) / IMAGENET_STD.astype(np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1)).astype(np.float32)
+
+
+def prepare(rgb: np.ndarray, input_size: int | None = None, keep_aspect: bool = True,
+            resize: str = "lower_bound") -> np.ndarray:
+    """uint8 RGB (H x W x 3) -> normalised float32 CHW array at the network size.
+
+    ``resize``: ``lower_bound`` (Depth Anything V1/V2) or ``da3`` (:func:`prepare_da3`);
+    ``input_size`` None = the method's default (518 / 504).
+    """
+    if resize not in RESIZE_METHODS:
+        raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
+    input_size = input_size or DEFAULT_INPUT_SIZE[resize]
+    if resize == "da3":
+        return prepare_da3(rgb, input_size, keep_aspect)
     nh, nw = network_size(rgb.shape[0], rgb.shape[1], input_size, keep_aspect)
     img = rgb / 255.0
     img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_CUBIC)

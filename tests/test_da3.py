@@ -1,0 +1,192 @@
+"""Depth Anything 3 mono teachers: hub layout -> DepthAnythingForDepthEstimation, offline.
+
+A scaled-down DA3 network ('tiny' widths, the mapping is size-generic) is saved in the official hub
+layout; its outputs are checked against the definition (exp depth, sky head on the shared conv1),
+computed independently through a Depth Anything V2 network holding the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from pseudodepth import da3
+from pseudodepth.convert import hf_to_official
+from pseudodepth.infer import forward, predict
+from pseudodepth.models import ModelSpecError, build_model, load_model, model_info
+from pseudodepth.preprocess import prepare_da3
+
+
+def _official_da3_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random DA3 mono state dict in the official hub naming (model.backbone.pretrained.*, model.head.*)."""
+    model = da3.build_da3("tiny", seed=seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    hf = {k: v for k, v in model.state_dict().items() if k not in da3.UNUSED and not k.startswith("head.sky_")}
+    official = hf_to_official(hf)
+    official["depth_head.scratch.sky_output_conv2.0.weight"] = model.head.sky_conv2.weight.detach().clone()
+    official["depth_head.scratch.sky_output_conv2.0.bias"] = model.head.sky_conv2.bias.detach().clone()
+    official["depth_head.scratch.sky_output_conv2.2.weight"] = model.head.sky_conv3.weight.detach().clone()
+    official["depth_head.scratch.sky_output_conv2.2.bias"] = model.head.sky_conv3.bias.detach().clone()
+    out = {}
+    for k, v in official.items():
+        if k.startswith("pretrained."):
+            out["model.backbone." + k] = v.contiguous()
+        else:
+            out["model.head." + k[len("depth_head."):]] = v.contiguous()
+    return out
+
+
+def _hub_folder(path, state, name="da3mono-large"):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps({"model_name": name}))
+    save_file(state, path / "model.safetensors")
+    return path
+
+
+def test_official_layout_has_no_mask_token_or_refinenet4_residual_and_maps_completely(tmp_path):
+    state = _official_da3_state()
+    assert not any("mask_token" in k for k in state)
+    assert not any("refinenet4.resConfUnit1" in k for k in state)
+    assert "model.head.scratch.sky_output_conv2.0.weight" in state
+    mapped, unexpected = da3.da3_to_hf(state)
+    assert unexpected == []
+    model = load_model(_hub_folder(tmp_path / "DA3MONO-LARGE", state))
+    assert model_info(model).version == "da3mono"
+    net = model.state_dict()
+    assert set(net) - set(mapped) == set(da3.UNUSED)  # every other network tensor comes from the file
+    assert all(torch.equal(net[k], mapped[k].to(net[k].dtype)) for k in mapped)
+    assert model.backbone.layernorm.eps == 1e-5 and model.backbone.encoder.layer[0].norm1.eps == 1e-6
+
+
+def test_outputs_follow_the_definition_exp_depth_and_sky_on_the_shared_conv1(tmp_path):
+    state = _official_da3_state(seed=1)
+    model = load_model(_hub_folder(tmp_path / "m", state))
+    # reference: a V2 network with the same shared weights, its final ReLU removed, final norm eps 1e-5
+    ref = build_model("v2", "tiny")
+    official = da3.hub_to_official(state)
+    shared = {k: v for k, v in official.items() if "sky_output_conv2" not in k}
+    from pseudodepth.convert import official_to_hf
+
+    missing, unexpected = ref.load_state_dict(official_to_hf(shared), strict=False)
+    assert set(missing) == set(da3.UNUSED) and not unexpected
+    ref.backbone.layernorm.eps = 1e-5
+    ref.head.activation2 = torch.nn.Identity()
+    conv1_up = {}
+    ref.head.conv1.register_forward_hook(lambda m, i, o: conv1_up.setdefault("x", o))
+    x = torch.randn(2, 3, 56, 84)
+    with torch.no_grad():
+        logits = ref(pixel_values=x).predicted_depth
+        depth = model(pixel_values=x).predicted_depth
+        up = F.interpolate(conv1_up["x"], (56, 84), mode="bilinear", align_corners=True)
+        h = F.relu(F.conv2d(up, official["depth_head.scratch.sky_output_conv2.0.weight"],
+                            official["depth_head.scratch.sky_output_conv2.0.bias"], padding=1))
+        sky = F.relu(F.conv2d(h, official["depth_head.scratch.sky_output_conv2.2.weight"],
+                              official["depth_head.scratch.sky_output_conv2.2.bias"]))[:, 0]
+    assert torch.allclose(depth, torch.exp(logits), rtol=1e-4, atol=0)  # exp: depth, no ReLU
+    assert (depth > 0).all()
+    assert torch.allclose(model.head.sky, sky, rtol=1e-4, atol=1e-6)
+    # the project's convention: disparity = 1 / depth, NaN where sky >= 0.3
+    disparity = forward(model, x)
+    expected = torch.where(sky >= 0.3, torch.tensor(float("nan")), 1.0 / depth)
+    assert torch.equal(torch.isnan(disparity), torch.isnan(expected))
+    assert torch.allclose(disparity[~disparity.isnan()], expected[~expected.isnan()], rtol=1e-5)
+
+
+def test_sky_pixels_are_invalid_in_the_label_store(tmp_path):
+    from pseudodepth.label import LabelSettings, label_folder
+    from pseudodepth.store import LabelStore
+
+    state = _official_da3_state(seed=2)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "a.png"), np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    for name, bias, invalid in (("sky", 10.0, 30 * 40), ("ground", -10.0, 0)):
+        state["model.head.scratch.sky_output_conv2.2.bias"] = torch.tensor([bias])
+        folder = _hub_folder(tmp_path / name, state)
+        label_folder(str(folder), imgs, tmp_path / f"store_{name}", workers=0, progress=False,
+                     settings=LabelSettings(input_size=42))
+        store = LabelStore(tmp_path / f"store_{name}")
+        row = store.rows()[0]
+        assert row["status"] == "ok" and row["invalid"] == invalid
+        assert int(np.isnan(store.read_disparity(row)).sum()) == invalid
+        meta = json.loads((tmp_path / f"store_{name}/store.json").read_text())
+        assert meta["version"] == "da3mono" and meta["settings"]["resize"] == "da3" and meta["licence"] == "Apache-2.0"
+
+
+def test_legacy_pth_names_load_the_same_weights(tmp_path):
+    state = _official_da3_state(seed=3)
+    legacy = {}
+    for k, v in state.items():
+        k = k.replace("model.", "module.", 1).replace(".backbone.", ".net.")
+        legacy[k.replace("sky_output_conv2", "output_conv2_additional.sky_mask")] = v
+    torch.save(legacy, tmp_path / "da3metric_large.pth")
+    a = load_model(tmp_path / "da3metric_large.pth")
+    b = load_model(_hub_folder(tmp_path / "hub", state, "da3metric-large"))
+    assert model_info(a).version == model_info(b).version == "da3metric"
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_incomplete_extra_and_any_view_checkpoints_are_refused(tmp_path):
+    state = _official_da3_state()
+    partial = {k: v for k, v in state.items() if "sky_output_conv2.2" not in k}
+    with pytest.raises(ModelSpecError, match=r"missing from the file \(head\.sky_conv3"):
+        load_model(_hub_folder(tmp_path / "partial", partial))
+    with pytest.raises(ModelSpecError, match="unexpected tensor.*model.head.scratch.extra"):
+        load_model(_hub_folder(tmp_path / "extra", {**state, "model.head.scratch.extra.weight": torch.zeros(1)}))
+    with pytest.raises(ModelSpecError, match="any-view"):
+        load_model(_hub_folder(tmp_path / "anyview", state, "da3-large"))
+    with pytest.raises(ModelSpecError, match="any-view"):
+        load_model(_hub_folder(tmp_path / "cam", {**state, "model.backbone.pretrained.camera_token":
+                                                    torch.zeros(1, 2, 64)}))
+    with pytest.raises(ModelSpecError, match="unknown DA3 model_name"):
+        load_model(_hub_folder(tmp_path / "odd", state, "da3-weird"))
+
+
+@pytest.mark.parametrize("hw,expected", [((300, 400), (378, 504)), ((100, 333), (154, 504)),
+                                         ((800, 1000), (406, 504)), ((504, 504), (504, 504)),
+                                         ((1000, 300), (504, 154))])
+def test_da3_preprocessing_against_its_definition(hw, expected):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    x = prepare_da3(rgb)
+    assert x.shape == (3, *expected) and x.dtype == np.float32
+    # reference, step by step: longest side -> 504 (cubic if enlarging, area if shrinking), then the
+    # nearest multiple of 14 per side (ties up) by a second resize; ImageNet mean/std
+    h, w = hw
+    scale = 504 / max(h, w)
+    img = rgb
+    if max(h, w) != 504:
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        img = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    h1, w1 = img.shape[:2]
+    mult = [min((d // 14) * 14, (d // 14 + 1) * 14, key=lambda m: (abs(m - d), -m)) for d in (h1, w1)]
+    if tuple(mult) != (h1, w1):
+        grow = mult[0] > h1 or mult[1] > w1
+        img = cv2.resize(img, (mult[1], mult[0]), interpolation=cv2.INTER_CUBIC if grow else cv2.INTER_AREA)
+    ref = ((img / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]).transpose(2, 0, 1)
+    assert np.abs(x - ref).max() < 1e-5
+
+
+def test_predict_uses_da3_preprocessing_and_returns_disparity_at_the_input_size(tmp_path):
+    model = load_model(_hub_folder(tmp_path / "m", _official_da3_state(seed=4)))
+    rgb = np.random.default_rng(1).integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    out = predict(model, rgb, input_size=56)
+    assert out.shape == (33, 47)
+    x = torch.from_numpy(prepare_da3(rgb, 56))[None]
+    net = forward(model, x)
+    up = F.interpolate(net[:, None], (33, 47), mode="bilinear", align_corners=True)[0, 0].numpy()
+    assert np.allclose(out, up, equal_nan=True)
+
+
+def test_metric_depth_uses_the_focal_length_over_300():
+    out = torch.tensor([[1.0, 2.0]])
+    assert torch.allclose(da3.metric_depth(out, 600.0), torch.tensor([[2.0, 4.0]]))
