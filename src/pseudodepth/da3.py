@@ -97,41 +97,42 @@ def build_da3(size: str = "large", seed: int = 0) -> DepthAnythingForDepthEstima
     return model
 
 
+def _official_name(key: str) -> str:
+    """One DA3 hub / legacy name -> its Depth Anything V2 official name (unchanged if outside the model)."""
+    key = key.replace("module.", "model.", 1) if key.startswith("module.") else key
+    key = key.replace(".net.", ".backbone.").replace("model.all_heads.head", "model.head")
+    key = key.replace("output_conv2_additional.sky_mask", "sky_output_conv2")
+    if key.startswith("model.backbone.pretrained."):
+        return "pretrained." + key[len("model.backbone.pretrained."):]
+    if key.startswith("model.head."):
+        return "depth_head." + key[len("model.head."):]
+    return key
+
+
 def hub_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """DA3 hub / legacy names -> the Depth Anything V2 official names (``pretrained.*``, ``depth_head.*``)."""
-    out = {}
-    for key, value in state.items():
-        key = key.replace("module.", "model.", 1) if key.startswith("module.") else key
-        key = key.replace(".net.", ".backbone.").replace("model.all_heads.head", "model.head")
-        key = key.replace("output_conv2_additional.sky_mask", "sky_output_conv2")
-        if key.startswith("model.backbone.pretrained."):
-            out["pretrained." + key[len("model.backbone.pretrained."):]] = value
-        elif key.startswith("model.head."):
-            out["depth_head." + key[len("model.head."):]] = value
-        else:
-            out[key] = value  # reported as unexpected by the caller
-    return out
+    return {_official_name(k): v for k, v in state.items()}
+
+
+_SKY = {"depth_head.scratch.sky_output_conv2.0.": "head.sky_conv2.",
+        "depth_head.scratch.sky_output_conv2.2.": "head.sky_conv3."}
 
 
 def da3_to_hf(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Map a DA3 mono state dict onto :func:`build_da3`'s names: (mapped tensors, unmapped names)."""
-    official = hub_to_official(state)
-    sky = {"depth_head.scratch.sky_output_conv2.0.": "head.sky_conv2.",
-           "depth_head.scratch.sky_output_conv2.2.": "head.sky_conv3."}
-    mapped, rest, unexpected = {}, {}, []
-    for key, value in official.items():
-        prefix = next((p for p in sky if key.startswith(p)), None)
+    """Map a DA3 mono state dict onto :func:`build_da3`'s names: (mapped tensors, file names not mapped)."""
+    mapped, unexpected = {}, []
+    for name, value in state.items():
+        key = _official_name(name)
+        prefix = next((p for p in _SKY if key.startswith(p)), None)
         if prefix:
-            mapped[sky[prefix] + key[len(prefix):]] = value
-        elif key.startswith(("pretrained.", "depth_head.")):
-            rest[key] = value
-        else:
-            unexpected.append(key)
-    for key, value in rest.items():
+            mapped[_SKY[prefix] + key[len(prefix):]] = value
+            continue
         try:
+            if not key.startswith(("pretrained.", "depth_head.")):
+                raise KeyError(key)
             mapped.update(official_to_hf({key: value}))
         except KeyError:
-            unexpected.append(key)
+            unexpected.append(name)
     return mapped, unexpected
 
 
