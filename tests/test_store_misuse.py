@@ -340,3 +340,18 @@ def test_store_records_teacher_licence_and_label_prints_a_notice_for_non_commerc
     label_folder("da-v2-tiny", imgs, tmp_path / "t", workers=0, model=tiny_model, progress=False, settings=FAST)
     assert json.loads((tmp_path / "t/store.json").read_text())["licence"] == "unknown"
     assert "notice:" not in capsys.readouterr().err
+
+
+def test_a_student_inherits_every_licence_of_its_weights_and_labels(tmp_path):
+    from pseudodepth.licences import trained_licence
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store/store.json").write_text('{"licence": "CC-BY-NC-4.0"}')
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards/index.json").write_text('{"licence": "Apache-2.0"}')
+    stores = [{"type": "label_store", "root": str(tmp_path / "store")}]
+    assert trained_licence(["da-v2-small"], stores) == "CC-BY-NC-4.0"  # a preset carries no terms
+    assert trained_licence([str(tmp_path / "depth_anything_v2_vits.pth")],
+                           [{"type": "shards", "index": str(tmp_path / "shards")}]) == "Apache-2.0"
+    assert trained_licence([str(tmp_path / "dinov2_vits14_pretrain.pth")], stores) == "Apache-2.0 + CC-BY-NC-4.0"
+    assert trained_licence(["da-v2-tiny"], []) == "unknown"

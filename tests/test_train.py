@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,8 @@ def test_student_with_label_store(tmp_path: Path) -> None:
     labeled_folder(tmp_path / "labeled", count=2)
     write_domain(tmp_path / "unlabeled", "target", 4, 100, (42, 56), with_depth=False)
     label_folder("da-v2-tiny", tmp_path / "unlabeled" / "images", tmp_path / "labels", workers=0, progress=False)
+    meta = json.loads((tmp_path / "labels/store.json").read_text())  # as if labelled by a non-commercial teacher
+    (tmp_path / "labels/store.json").write_text(json.dumps({**meta, "licence": "CC-BY-NC-4.0"}))
     config = load_config(write_config(
         tmp_path / "c.yaml", mode="student", train={"steps": 3, "batch_size": 3},
         data={"unlabeled": [{"type": "label_store", "root": "labels"}]},
@@ -111,6 +114,7 @@ def test_student_with_label_store(tmp_path: Path) -> None:
         assert 0.0 <= float(row["unlabeled_zero_share"]) < 0.99  # a healthy preset: its output is not dead
     assert float(rows[0]["feature_alignment"]) == 0.0  # the student starts as the frozen encoder: all > margin
     assert load_model(final) is not None
+    assert json.loads((final / "pseudodepth.json").read_text())["licence"] == "CC-BY-NC-4.0"  # inherited
 
 
 def test_dead_output_is_warned_about() -> None:

@@ -88,3 +88,30 @@ def non_commercial_notice(spec: str | Path, licence: str) -> str | None:
     return (f"notice: teacher {Path(str(spec)).name} is licensed {licence} (non-commercial): its pseudo-labels "
             "and every student trained on them inherit these terms; use an Apache-2.0 teacher "
             "(Depth Anything V2 Small, V1, DA3MONO-LARGE, DA3METRIC-LARGE) for commercial work")
+
+
+def labels_licence(source: dict) -> str:
+    """The licence recorded with pseudo-labels: a ``label_store`` source's ``store.json`` or a ``shards``
+    source's ``index.json`` (paths already resolved); ``unknown`` when not recorded."""
+    if source.get("type") == "label_store":
+        meta_file = Path(source["root"]) / "store.json"
+    elif source.get("type") == "shards":
+        index = Path(source["index"])
+        meta_file = index / "index.json" if index.is_dir() else index
+    else:
+        return UNKNOWN
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, ValueError):
+        return UNKNOWN
+    return str(meta.get("licence") or UNKNOWN) if isinstance(meta, dict) else UNKNOWN
+
+
+def trained_licence(weights: Iterable[str | None], label_sources: Iterable[dict]) -> str:
+    """The licence of a model trained from ``weights`` (model SPECs it starts from; presets, random
+    weights, carry no terms) and the pseudo-labels of ``label_sources``: every licence they carry."""
+    from .models import PRESETS
+
+    found = [licence_of(w) for w in weights if w and w not in PRESETS]
+    found += [labels_licence(s) for s in label_sources]
+    return combine(found)

@@ -414,7 +414,8 @@ def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
 
 
 def model_info(model) -> ModelInfo:
-    return ModelInfo(**getattr(model, "module", model).config.pseudodepth)
+    meta = getattr(model, "module", model).config.pseudodepth
+    return ModelInfo(**{k: meta[k] for k in ModelInfo.__dataclass_fields__})
 
 
 def fingerprint(model, settings: dict | None = None) -> str:

@@ -68,6 +68,7 @@ from pseudodepth import losses
 from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
 from pseudodepth.infer import autocast
+from pseudodepth.licences import trained_licence
 from pseudodepth.models import load_encoder_state, load_model, save_checkpoint
 from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
@@ -307,8 +308,14 @@ def build_model(config: TrainConfig) -> nn.Module:
     """
     init = resolve_model(config.model.init, config.base_dir)
     model = load_model(init, version=config.model.version)
+    if model.config.pseudodepth["version"].startswith("da3"):
+        raise ValueError(f"model.init = {init}: a Depth Anything 3 model predicts depth, not disparity; use it as "
+                         "a teacher (`pseudodepth label`) and train a Depth Anything student from its labels")
     if config.model.encoder_from:
         load_encoder(model.backbone, config.model.encoder_from, "model.encoder_from", config)
+    model.config.pseudodepth["licence"] = trained_licence(  # a student inherits its teachers' licences
+        [init, resolve_model(config.model.encoder_from, config.base_dir)],
+        [resolve_source(s, config.base_dir) for s in config.data.unlabeled])
     freeze_unused(model)
     return model.train()
 
