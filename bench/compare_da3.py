@@ -142,11 +142,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "da3_agreement.md")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
-    install_stand_ins()
     from safetensors.torch import save_file
 
-    from pseudodepth.models import load_model
+    from pseudodepth.imageio import read_rgb
+    from pseudodepth.models import load_model  # transformers first: it must not see the torchvision stand-in
     from pseudodepth.preprocess import prepare_da3
+
+    install_stand_ins()
 
     net = official_network(a.official_repo, a.seed)
     from depth_anything_3.utils.io.input_processor import InputProcessor
@@ -180,8 +182,6 @@ def main() -> None:
     row("random tensor (network only)", x, x)
     processor = InputProcessor()
     for f in sorted(a.images.glob("*.jpg"))[: a.limit]:
-        from pseudodepth.imageio import read_rgb
-
         rgb = read_rgb(f)
         x_ref = processor([rgb], process_res=504, process_res_method="upper_bound_resize", num_workers=1)[0][0]
         row(f.name, x_ref, torch.from_numpy(prepare_da3(rgb))[None])

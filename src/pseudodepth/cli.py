@@ -49,7 +49,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
 def cmd_label(a: argparse.Namespace) -> int:
     from .label import LabelSettings, label_folder
 
-    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square, max_pixels=a.max_pixels)
+    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square, max_pixels=a.max_pixels,
+                             confidence=a.confidence)
     if a.engine == "ray":
         from .label_ray import label_folder_ray
 
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode/resize worker processes")
     p.add_argument("--square", action="store_true", help="resize to a fixed input-size square (one batch shape)")
     p.add_argument("--overwrite", action="store_true", help="relabel a store made by another teacher")
+    p.add_argument("--confidence", choices=["flip"], default=None,
+                   help="also store a per-pixel confidence map per label: agreement of the prediction and the "
+                   "prediction of the flipped image after least-squares alignment")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"images with more pixels become failed rows without being decoded (default {DEFAULT_MAX_PIXELS:,}, "
                    "Pillow's decompression-bomb limit)")

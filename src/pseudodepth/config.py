@@ -90,6 +90,9 @@ class LossConfig:
     gm_weight: float = 2.0
     drop_top_ratio: float = 0.1
     edge_aware: bool = False
+    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip`) is below X are
+    # dropped before the top-n% filter (label-store sources only)
+    confidence: dict | None = None
 
 
 @dataclass
@@ -362,6 +365,13 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
     for key, value in probabilities.items():
         _require(0 <= value <= 1, file, key, f"is a probability in [0, 1], got {value}")
     _require(0 <= loss.drop_top_ratio < 1, file, "loss.drop_top_ratio", f"must be in [0, 1), got {loss.drop_top_ratio}")
+    if loss.confidence is not None:
+        minimum = loss.confidence.get("min") if isinstance(loss.confidence, dict) else None
+        _require(isinstance(loss.confidence, dict) and set(loss.confidence) == {"min"}
+                 and isinstance(minimum, (int, float)) and 0 <= minimum <= 1, file, "loss.confidence",
+                 f"must be {{min: X}} with 0 <= X <= 1, got {loss.confidence!r}")
+        _require(all(isinstance(s, dict) and s.get("type") == "label_store" for s in config.data.unlabeled), file,
+                 "loss.confidence", "needs label-store sources in data.unlabeled (shard exports carry no confidence)")
     _require(-1 <= fa.margin <= 1, file, "feature_alignment.margin", f"is a cosine in [-1, 1], got {fa.margin}")
     _require(t.crop_size % PATCH_SIZE == 0, file, "train.crop_size",
              f"must be a multiple of {PATCH_SIZE} (the ViT patch size), got {t.crop_size}")

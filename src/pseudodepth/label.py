@@ -27,6 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import infer
+from .confidence import METHODS as CONFIDENCE_METHODS
+from .confidence import FORMULA as CONFIDENCE_FORMULA
+from .confidence import agreement
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb, list_files, safe_join
 from .licences import licence_of, non_commercial_notice
 from .models import fingerprint, load_model, model_info
@@ -45,10 +48,12 @@ class LabelSettings:
     keep_aspect: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize: str = "lower_bound"  # set from the model by :func:`for_model`
+    confidence: str | None = None  # "flip": a confidence map per label (:mod:`pseudodepth.confidence`)
 
     def as_dict(self) -> dict:
-        return {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
-                "keep_aspect": self.keep_aspect, "resize": self.resize}
+        out = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
+               "keep_aspect": self.keep_aspect, "resize": self.resize}
+        return {**out, "confidence": self.confidence} if self.confidence else out
 
     def for_model(self, model) -> LabelSettings:
         """These settings with the model's preprocessing and default input size filled in."""
@@ -92,15 +97,35 @@ def load_item(root: Path, rel: str, settings: LabelSettings) -> dict:
     return item
 
 
+def predict_batch(model, x: torch.Tensor, settings: LabelSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Network-resolution (disparity, confidence or None) for a batch, as both engines label it."""
+    if settings.confidence != "flip":
+        return infer.forward(model, x, settings.precision, settings.tta).cpu(), None
+    a, b = infer.forward(model, torch.cat([x, x.flip(-1)]), settings.precision).cpu().chunk(2)
+    b = b.flip(-1)
+    disparity = 0.5 * (a + b) if settings.tta == "flip" else a
+    return disparity, agreement(a, b)
+
+
+def confidence_path(label: str) -> str:
+    """``labels/a/b.png`` -> ``confidence/a/b.png`` (a tree mirroring the labels)."""
+    return "confidence/" + label.split("/", 1)[1]
+
+
 def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tensor | None,
-                teacher: str, align_corners: bool) -> dict:
-    """Turn one processed item into a manifest row, writing its label (network-res disparity in)."""
+                teacher: str, align_corners: bool, confidence: torch.Tensor | None = None) -> dict:
+    """Turn one processed item into a manifest row, writing its label (network-res disparity in) and
+    its confidence map when given."""
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
-           "teacher": teacher, "invalid": 0}
+           "teacher": teacher, "invalid": 0, "confidence": ""}
     if disparity is None:
         return row
-    full = upsample(disparity[None].float(), (item["height"], item["width"]), align_corners)[0].numpy()
+    size = (item["height"], item["width"])
+    if confidence is not None:  # written first: a row never names a confidence map that is not there
+        row["confidence"] = confidence_path(label)
+        store.write_confidence(row["confidence"], upsample(confidence[None].float(), size, align_corners)[0].numpy())
+    full = upsample(disparity[None].float(), size, align_corners)[0].numpy()
     lo, hi, invalid = store.write_label(label, full)
     row.update(status="ok", error="", label=label, min=lo, max=hi, invalid=invalid)
     return row
@@ -108,8 +133,11 @@ def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tens
 
 def store_meta(model_spec: str, model, settings: LabelSettings, images: Path) -> dict:
     """``store.json`` contents (besides the fingerprint): model SPEC, version, licence, settings, source folder."""
-    return {"model": str(model_spec), "version": model_info(model).version, "licence": licence_of(model_spec),
+    meta = {"model": str(model_spec), "version": model_info(model).version, "licence": licence_of(model_spec),
             "settings": settings.as_dict(), "source_root": str(images)}
+    if settings.confidence:
+        meta["confidence"] = {"method": settings.confidence, "formula": CONFIDENCE_FORMULA}
+    return meta
 
 
 def announce_licence(meta: dict) -> None:
@@ -157,7 +185,7 @@ class _Writer(threading.Thread):
             if self.error is not None:
                 continue
             try:
-                rows = [finish_item(store, it, labels[it["source"]], d, teacher, align) for it, d in job]
+                rows = [finish_item(store, it, labels[it["source"]], d, teacher, align, c) for it, d, c in job]
                 store.append(rows)
                 for r in rows:
                     if r["status"] == "ok":
@@ -190,6 +218,8 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
     images = Path(images).resolve()
+    if settings.confidence not in (None, *CONFIDENCE_METHODS):
+        raise ValueError(f"--confidence must be one of {CONFIDENCE_METHODS}, got {settings.confidence!r}")
     if settings.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {settings.max_pixels}")
     model = model if model is not None else load_model(model_spec, version=version, device=device)
@@ -218,14 +248,14 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
     def run_bucket(key):
         items = buckets.pop(key)
         x = torch.from_numpy(np.stack([it["pixels"] for it in items]))
-        out_batch = infer.forward(model, x, settings.precision, settings.tta).cpu()
-        writer.put(list(zip(items, out_batch)))
+        out_batch, confidence = predict_batch(model, x, settings)
+        writer.put(list(zip(items, out_batch, confidence if confidence is not None else [None] * len(items))))
 
     failed = True
     try:
         for item in loader:
             if item["pixels"] is None:
-                writer.put([(item, None)])
+                writer.put([(item, None, None)])
                 continue
             key = tuple(item["pixels"].shape[1:])
             buckets.setdefault(key, []).append(item)

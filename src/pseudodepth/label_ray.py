@@ -35,7 +35,8 @@ import torch
 from tqdm import tqdm
 
 from . import infer
-from .label import LabelReport, LabelSettings, announce_licence, finish_item, load_item, plan, store_meta
+from .label import (LabelReport, LabelSettings, announce_licence, finish_item, load_item, plan, predict_batch,
+                    store_meta)
 from .models import fingerprint, load_model
 from .store import LabelStore, StoreError
 
@@ -82,6 +83,7 @@ class _Teacher:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         items = [{k: batch[k][i] for k in batch} for i in range(len(batch["source"]))]
         disparities: list[torch.Tensor | None] = [None] * len(items)
+        confidences: list[torch.Tensor | None] = [None] * len(items)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, it in enumerate(items):
             if len(it["pixels"]):
@@ -89,14 +91,15 @@ class _Teacher:
         for shape, index in groups.items():  # equal network sizes only: no padding artefacts
             x = torch.from_numpy(np.stack([np.frombuffer(items[i]["pixels"], np.float32).reshape(shape)
                                            for i in index]))
-            out = infer.forward(self.model, x, self.settings.precision, self.settings.tta).cpu()
-            for i, d in zip(index, out):
-                disparities[i] = d
+            out, conf = predict_batch(self.model, x, self.settings)
+            for j, i in enumerate(index):
+                disparities[i] = out[j]
+                confidences[i] = conf[j] if conf is not None else None
         rows = []
-        for it, d in zip(items, disparities):
+        for it, d, c in zip(items, disparities, confidences):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
                     "height": int(it["height"]), "width": int(it["width"])}
-            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align))
+            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align, c))
         _maybe_crash()
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
 

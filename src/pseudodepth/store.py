@@ -8,6 +8,8 @@ Layout (DESIGN.md section 3)::
     STORE/label.lock          held (``flock``) by the process writing the store: its pid and host
     STORE/labels/<rel>.png    16-bit PNG: min-max normalised disparity, 0/65535 = row min/max
                               (rows with ``invalid`` > 0: 0 = invalid pixel, 1..65535 = min..max)
+    STORE/confidence/<rel>.png  with ``label --confidence``: 16-bit confidence, q / 65535 in [0, 1]
+                              (:mod:`pseudodepth.confidence`)
 
 Crash safety: a label is written to a temporary name and renamed; its row is appended to the
 journal (flushed, fsynced) only after the rename. A run killed at any point therefore leaves no
@@ -49,7 +51,9 @@ MANIFEST_SCHEMA = pa.schema([
     ("max", pa.float64()),  # disparity mapped to PNG value 65535
     ("teacher", pa.string()),  # teacher fingerprint (weights + settings)
     ("invalid", pa.int64()),  # pixels without a label (non-finite teacher output, sky): PNG value 0
+    ("confidence", pa.string()),  # confidence map path relative to STORE ("" without --confidence)
 ])
+ROW_DEFAULTS = {"invalid": 0, "confidence": ""}  # columns added later: rows of older stores get these
 PNG_MAX = 65535
 LOCK_NAME = "label.lock"
 
@@ -215,7 +219,7 @@ class LabelStore:
                 merged[row["source"]] = row
         for row in self._journal_rows():
             merged[row["source"]] = row
-        out = [{**merged[k], "invalid": merged[k].get("invalid") or 0} for k in sorted(merged)]
+        out = [{**merged[k], **{c: merged[k].get(c) or d for c, d in ROW_DEFAULTS.items()}} for k in sorted(merged)]
         return [r for r in out if status is None or r["status"] == status]
 
     def append(self, rows: list[dict]) -> None:
@@ -267,6 +271,25 @@ class LabelStore:
             raise write_error(err, path) from None
         return lo, hi, invalid
 
+    def write_confidence(self, path: str, confidence: np.ndarray) -> None:
+        """Atomically write one confidence map (16-bit PNG, :func:`pseudodepth.confidence.encode`)."""
+        from .confidence import encode
+
+        full = safe_join(self.root, path)
+        try:
+            atomic_write_bytes(full, encode_png(encode(confidence)))
+        except OSError as err:
+            raise write_error(err, full) from None
+
+    def read_confidence(self, row: dict) -> np.ndarray:
+        """The confidence map of an ``ok`` row (float32 in [0, 1], source resolution)."""
+        from .confidence import decode
+
+        if not row.get("confidence"):
+            raise StoreError(f"{self.root}: row {row['source']!r} has no confidence map; label the store with "
+                             "`pseudodepth label --confidence flip` (with --overwrite) first")
+        return decode(read_png16(safe_join(self.root, row["confidence"])))
+
     def label_path(self, row: dict) -> Path:
         """Absolute path of a row's label (refuses manifest paths that escape the store)."""
         return safe_join(self.root, row["label"])
@@ -306,7 +329,7 @@ def _whole_lines(f) -> int:
 
 
 def _check_row(row: dict) -> dict:
-    row = {"invalid": 0, **row}  # rows written before the column existed
+    row = {**ROW_DEFAULTS, **row}  # rows written before the columns existed
     missing = set(MANIFEST_SCHEMA.names) - set(row)
     if missing:
         raise ValueError(f"manifest row for {row.get('source')!r} lacks {sorted(missing)}")

@@ -217,6 +217,8 @@ def build_unlabeled(config: TrainConfig, ctx: Dist) -> WeightedSources | ShardDa
     """``data.unlabeled``: label stores behind :class:`WeightedSources`, or the one shard export the
     config allows, as this rank's :class:`ShardDataset` (images in [0, 1]: perturbations come first)."""
     specs = config.data.unlabeled
+    if (confidence := config.loss.confidence) is not None:  # low-confidence pixels become invalid in the source
+        specs = [{**s, "min_confidence": float(confidence["min"])} for s in specs]
     if specs[0]["type"] != "shards":
         return build_data(specs, config, normalize=False)
     spec = resolve_source(specs[0], config.base_dir)

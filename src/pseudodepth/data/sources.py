@@ -417,26 +417,36 @@ def eth3d(root: str | os.PathLike, height: int = formats.ETH3D_SHAPE[0], width: 
 
 
 # ----------------------------------------------------------------------------- pseudo-labels
-def _read_pseudo_label(sample: Sample, store: LabelStore) -> DepthMap:
+def _read_pseudo_label(sample: Sample, store: LabelStore, min_confidence: float | None = None) -> DepthMap:
     disparity = np.asarray(store.read_disparity(sample.row), dtype=np.float32)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(disparity) & (disparity >= 0)
+    if min_confidence is not None:
+        valid &= store.read_confidence(sample.row) >= min_confidence
     return np.where(valid, disparity, 0).astype(np.float32), valid
 
 
-def label_store(root: str | os.PathLike) -> DepthSource:
+def label_store(root: str | os.PathLike, min_confidence: float | None = None) -> DepthSource:
     """Pseudo-labels written by ``pseudodepth label``: every ``ok`` row of the store's manifest.
 
-    The targets are the teacher's disparity (already inverse depth), restored from the 16-bit PNG.
+    The targets are the teacher's disparity (already inverse depth), restored from the 16-bit PNG;
+    pixels without a label (non-finite teacher output, DA3 sky) are invalid. ``min_confidence``
+    (training config ``loss.confidence.min``) also makes pixels whose stored confidence is below it
+    invalid, so they are dropped before the top-n% loss filter ranks the rest.
     """
     root = Path(root)
     store = LabelStore(root)
-    samples = [Sample(store.source_path(row), store.label_path(row), row=row)
-               for row in store.rows(status="ok")]
+    rows = store.rows(status="ok")
+    if min_confidence is not None and (bare := [r["source"] for r in rows if not r.get("confidence")]):
+        raise SourceConfigError(f"{root}: {len(bare)} row(s) have no confidence map (e.g. {bare[0]!r}) but "
+                                "loss.confidence.min is set; relabel with `pseudodepth label --confidence flip "
+                                "--overwrite`, or drop loss.confidence")
+    samples = [Sample(store.source_path(row), store.label_path(row), row=row) for row in rows]
     if not samples:
         raise FileNotFoundError(f"{root}: the label store has no 'ok' rows; run `pseudodepth label --out {root}` first")
-    return DepthSource(f"labels:{root}", samples,
-                       partial(_read_pseudo_label, store=store), kind="pseudo", min_depth=0.0)
+    return DepthSource(f"labels:{root}", samples, partial(_read_pseudo_label, store=store,
+                                                          min_confidence=min_confidence),
+                       kind="pseudo", min_depth=0.0)
 
 
 # ----------------------------------------------------------------------------- config factory
