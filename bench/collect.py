@@ -23,6 +23,9 @@ SECTIONS = [  # (results file, heading, what it measures)
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",
      "`pseudodepth predict --raw` vs the official Depth-Anything-V2 `infer_image`, fp32."),
+    ("da3_agreement.md", "Agreement with the official Depth Anything 3 code (`bench/compare_da3.py`)",
+     "`pseudodepth.models.load_model(DA3MONO-LARGE folder)` and our DA3 preprocessing vs the official DA3 "
+     "`DinoV2` + `DPT` and `InputProcessor`, fp32."),
 ]
 
 
