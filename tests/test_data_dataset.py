@@ -192,7 +192,7 @@ def test_pseudo_labels_stay_disparity_and_cannot_be_evaluated(tmp_path):
     disparity = rng.uniform(0, 3, size=(20, 30)).astype(np.float32)
     store = LabelStore(tmp_path / "store")
     store.open_for("teacher", {"source_root": str(images)})
-    low, high = store.write_label("labels/a.png", disparity)
+    low, high, _ = store.write_label("labels/a.png", disparity)
     store.append([{"source": "a.png", "hash": "h", "status": "ok", "error": "", "height": 20, "width": 30,
                    "label": "labels/a.png", "min": low, "max": high, "teacher": "teacher"}])
     source = sources.label_store(tmp_path / "store")
