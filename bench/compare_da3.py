@@ -34,6 +34,10 @@ import torch
 from common import machine, write_table  # bench/common.py (scripts run as `python bench/NAME.py`)
 
 ROOT = Path(__file__).resolve().parents[1]
+# (DinoV2 name, out layers, DPT dim_in, features, out channels): the released DA3 mono models are "large";
+# "small" is the same code path at ViT-S widths (the mapping is size-generic), for a loaded CPU
+SIZES = {"large": ("vitl", [4, 11, 17, 23], 1024, 256, [256, 512, 1024, 1024]),
+         "small": ("vits", [2, 5, 8, 11], 384, 64, [48, 96, 192, 384])}
 
 
 def _rearrange(x: torch.Tensor, pattern: str, **sizes: int) -> torch.Tensor:
@@ -98,7 +102,7 @@ def install_stand_ins() -> None:
         sys.modules.setdefault(name, module)
 
 
-def official_network(repo: Path, seed: int):
+def official_network(repo: Path, seed: int, size: str = "large"):
     """DinoV2 + DPT exactly as ``da3mono-large.yaml`` builds them (without the package __init__ that
     pulls in the any-view and Gaussian-splatting code)."""
     src = repo / "src"
@@ -111,9 +115,9 @@ def official_network(repo: Path, seed: int):
 
     torch.manual_seed(seed)
     net = torch.nn.Module()
-    net.backbone = DinoV2(name="vitl", out_layers=[4, 11, 17, 23], alt_start=-1, qknorm_start=-1, rope_start=-1,
-                          cat_token=False)
-    net.head = DPT(dim_in=1024, output_dim=1, features=256, out_channels=[256, 512, 1024, 1024])
+    name, layers, dim_in, features, out_channels = SIZES[size]
+    net.backbone = DinoV2(name=name, out_layers=layers, alt_start=-1, qknorm_start=-1, rope_start=-1, cat_token=False)
+    net.head = DPT(dim_in=dim_in, output_dim=1, features=features, out_channels=out_channels)
     net.eval()
     with torch.no_grad():
         for p in net.parameters():
@@ -139,6 +143,8 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "photos")
     ap.add_argument("--limit", type=int, default=3)
     ap.add_argument("--seed", type=int, default=123)
+    ap.add_argument("--size", choices=sorted(SIZES), default="large",
+                    help="large = the DA3MONO-LARGE architecture; small = the same code at ViT-S widths")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "da3_agreement.md")
     a = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -150,7 +156,7 @@ def main() -> None:
 
     install_stand_ins()
 
-    net = official_network(a.official_repo, a.seed)
+    net = official_network(a.official_repo, a.seed, a.size)
     from depth_anything_3.utils.io.input_processor import InputProcessor
 
     tmp = Path(tempfile.mkdtemp(prefix="da3-")) / "DA3MONO-LARGE"
@@ -159,8 +165,9 @@ def main() -> None:
     save_file({f"model.{k}": v.contiguous() for k, v in net.state_dict().items()}, tmp / "model.safetensors")
     ours = load_model(tmp)
 
-    lines = [f"Command: `.venv/bin/python bench/compare_da3.py --official-repo PATH --limit {a.limit}` (official DA3 "
-             f"code, DA3MONO-LARGE architecture, random weights seed {a.seed}, fp32, 504 input)", "",
+    arch = "DA3MONO-LARGE architecture" if a.size == "large" else "DA3 mono code at ViT-S widths (--size small)"
+    lines = [f"Command: `.venv/bin/python bench/compare_da3.py --official-repo PATH --size {a.size} --limit {a.limit}` "
+             f"(official DA3 code, {arch}, random weights seed {a.seed}, fp32, 504 input)", "",
              f"Machine: {machine()}", "",
              "| input | network size | preprocessing max abs diff | depth relative L2 error | sky relative L2 error "
              "| sky mask (>= 0.3) agreement |", "|---|---|---|---|---|---|"]
@@ -183,7 +190,7 @@ def main() -> None:
     processor = InputProcessor()
     for f in sorted(a.images.glob("*.jpg"))[: a.limit]:
         rgb = read_rgb(f)
-        x_ref = processor([rgb], process_res=504, process_res_method="upper_bound_resize", num_workers=1)[0][0]
+        x_ref = processor([rgb], process_res=504, process_res_method="upper_bound_resize", num_workers=1)[0]
         row(f.name, x_ref, torch.from_numpy(prepare_da3(rgb))[None])
     lines.append(f"\nWorst depth relative L2 error: {worst:.2e} (required: < 1e-3).")
     write_table("\n".join(lines), a.out)
