@@ -25,7 +25,8 @@ SECTIONS = [  # (results file, heading, what it measures)
      "`pseudodepth predict --raw` vs the official Depth-Anything-V2 `infer_image`, fp32."),
     ("da3_agreement.md", "Agreement with the official Depth Anything 3 code (`bench/compare_da3.py`)",
      "`pseudodepth.models.load_model(DA3MONO-LARGE folder)` and our DA3 preprocessing vs the official DA3 "
-     "`DinoV2` + `DPT` and `InputProcessor`, fp32."),
+     "`DinoV2` + `DPT` and `InputProcessor`, fp32. A sky error of `nan` means both sky maps are all zero "
+     "there (random weights), so their relative error is 0 / 0; the mask agreement column covers them."),
 ]
 
 
