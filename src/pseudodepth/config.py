@@ -182,7 +182,8 @@ class TrainConfig:
                 if not f.metadata.get("internal")}
         data["data"] = {kind: [resolve_source(s, self.base_dir) for s in specs]
                         for kind, specs in data["data"].items()}
-        data["model"] = {k: resolve_model(v, self.base_dir) for k, v in data["model"].items()}
+        data["model"] = {k: (resolve_model(v, self.base_dir) if k in ("init", "encoder_from") else v)
+                         for k, v in data["model"].items()}
         frozen = data["feature_alignment"]["frozen"]
         data["feature_alignment"]["frozen"] = resolve_model(frozen, self.base_dir)
         data["train"]["out"] = str(self.out_dir)

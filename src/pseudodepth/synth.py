@@ -674,7 +674,19 @@ _MIN_DISTANCE = {"building": 12.0, "tree": 4.0}  # metres beyond the footprint, 
 
 DOMAINS: dict[str, DomainConfig] = {
     "source": DomainConfig(
-        name="source", layout="room",
+        name="source", layout="outdoor",
+        object_kinds={"box": 0.2, "sphere": 0.15, "tree": 0.2, "building": 0.1, "crate": 0.15, "boulder": 0.1,
+                      "stack": 0.1},
+        n_objects=(6, 14), object_distance=(2.0, 45.0),
+        floor_styles=("grass", "dirt", "field", "paving"),
+        object_patterns=("plain", "checkers", "stripes"), object_hue=(0.0, 0.17), object_saturation=(0.3, 0.75),
+        object_value=(0.45, 0.9),
+        fov_deg=(55.0, 75.0), camera_height=(1.0, 2.5), pitch_deg=(-15.0, 0.0),
+        light_colour=(1.05, 0.95, 0.8), light_elevation_deg=(45.0, 80.0), ambient_colour=(0.35, 0.32, 0.28),
+        haze=(0.0, 0.003), clouds=(0.0, 0.5), max_depth=60.0,
+    ),
+    "indoor": DomainConfig(
+        name="indoor", layout="room",
         object_kinds={"box": 0.4, "sphere": 0.3, "stack": 0.15, "table": 0.15}, n_objects=(3, 7),
         object_distance=(1.3, 7.0),
         floor_styles=("tiles", "planks", "carpet"), wall_styles=("paint", "wallpaper", "plaster", "bricks"),
