@@ -386,6 +386,10 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
                  "needs a label store or shard export in student mode (run `pseudodepth label` first)")
         _require(t.batch_size >= 2, file, "train.batch_size",
                  f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
+        parts = sum(t.labeled_ratio) if len(t.labeled_ratio) == 2 else 1
+        _require(t.batch_size % parts == 0, file, "train.batch_size",
+                 f"= {t.batch_size} cannot be split {t.labeled_ratio[0]} : {t.labeled_ratio[1]} (labeled : unlabeled); "
+                 f"use a multiple of {parts}")
     else:
         _require(not config.data.unlabeled, file, "data.unlabeled",
                  "must be empty in teacher mode (the teacher trains on labeled data only); use mode: student")

@@ -316,6 +316,14 @@ def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
     or a Hugging Face ``Dinov2Model`` folder (``facebook/dinov2-small`` downloaded by you).
     """
     path = Path(str(spec)).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":  # an encoder state dict (save_encoder's format)
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        if not any(k.startswith("embeddings.") for k in state):
+            raise ModelSpecError(f"{path}: not an encoder state dict (expected tensors named embeddings.*, "
+                                 "encoder.layer.*); save one with pseudodepth.models.save_encoder")
+        return state
     if path.is_file() and path.suffix in (".pth", ".pt"):
         state = strip_prefix(torch.load(path, map_location="cpu", weights_only=True))
         if "blocks.0.attn.qkv.weight" in state and "pretrained.cls_token" not in state:
@@ -333,6 +341,19 @@ def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
             return {k.removeprefix("dinov2."): v for k, v in load_file(path / "model.safetensors").items()
                     if not k.startswith("pooler")}
     return {k: v for k, v in load_model(spec, version="v2").backbone.state_dict().items()}
+
+
+def save_encoder(model, path: str | Path) -> Path:
+    """Write ``model``'s DINOv2 encoder (``model.backbone``'s state dict) as one safetensors file, the form a
+    pretrained encoder is shipped in; ``model.encoder_from`` / ``feature_alignment.frozen`` read it back."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backbone = getattr(model, "module", model).backbone
+    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(path),
+              metadata={"pseudodepth": json.dumps(getattr(model.config, "pseudodepth", {}) or {})})
+    return path
 
 
 def model_info(model) -> ModelInfo:
