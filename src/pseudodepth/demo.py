@@ -52,18 +52,17 @@ from .infer import predict
 from .label import LabelSettings, label_folder
 from .losses import pseudo_label_terms
 from .metrics import align_least_squares
-from .models import load_model, save_encoder
+from .models import load_model
 from .store import LabelStore
 from .ablation import run_ablation
-from .synth import make_demo_data, write_domain
+from .synth import make_demo_data
 from .train import train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
 ERROR_SCALE = 1.0  # per-pixel AbsRel at the top of the error colour scale
 MODELS = ("teacher", "student")
-SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation", "pretrain"}
-ASSETS = Path(__file__).resolve().parent / "assets"  # the shipped demo encoder (``@assets/`` in the recipes)
+SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
 QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train", "ablation"}
 
@@ -97,7 +96,6 @@ class DemoSettings:
     ablation: dict = field(default_factory=dict)
     quick: bool = False
     seed: int = 0
-    pretrain: dict = field(default_factory=dict)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -134,13 +132,12 @@ def load_settings(quick: bool = False, config_dir: str | os.PathLike = CONFIG_DI
         train_changes = {"train": changes.pop("train", {})}
         raw = deep_merge(raw, changes)
         teacher, student = deep_merge(teacher, train_changes), deep_merge(student, train_changes)
-    teacher, student = _with_assets(teacher), _with_assets(student)
     _check_keys(raw["data"], DATA_KEYS, f"{path}: data", required=True)
     _check_keys(raw["figures"], {"examples", "photos"}, f"{path}: figures", required=True)
     return DemoSettings(data=dict(raw["data"], size=tuple(raw["data"]["size"])), input_size=int(raw["input_size"]),
                         label_batch_size=int(raw["label_batch_size"]), examples=int(raw["figures"]["examples"]),
                         photos=int(raw["figures"]["photos"]), photos_to_label=raw["photos_to_label"], teacher=teacher, student=student,
-                        ablation=raw["ablation"] or {}, quick=quick, pretrain=raw["pretrain"] or {})
+                        ablation=raw["ablation"] or {}, quick=quick)
 
 
 SCENES_PER_SEED = 1_000_003  # demo seed s renders scene seeds from s * SCENES_PER_SEED: no scene is shared
@@ -155,40 +152,6 @@ def with_seed(settings: DemoSettings, seed: int) -> DemoSettings:
     return dataclasses.replace(settings, data=dict(settings.data, seed=seed * SCENES_PER_SEED), seed=seed,
                                teacher=deep_merge(settings.teacher, per_model),
                                student=deep_merge(settings.student, per_model))
-
-
-def _with_assets(recipe: dict) -> dict:
-    """``@assets/NAME`` in a recipe's model SPECs -> the file shipped in ``pseudodepth/assets/``."""
-    recipe = copy.deepcopy(recipe)
-    for section, key in (("model", "encoder_from"), ("feature_alignment", "frozen")):
-        value = (recipe.get(section) or {}).get(key)
-        if isinstance(value, str) and value.startswith("@assets/"):
-            recipe[section][key] = str(ASSETS / value.removeprefix("@assets/"))
-    return recipe
-
-
-def pretrain_encoder(out: str | os.PathLike = "pretrain_out", progress: bool = True) -> Path:
-    """Make the demo's stand-in for DINOv2 (``demo.yaml: pretrain``): render generated *indoor* rooms (neither
-    the demo's source nor its target domain), train ``demo_pretrain.yaml`` on them and write its encoder to
-    ``out/encoder.safetensors``. The file shipped as ``pseudodepth/assets/demo_encoder.safetensors`` was made
-    by ``pseudodepth demo --pretrain-encoder --out pretrain_out``."""
-    out = Path(out).resolve()
-    p = load_settings().pretrain
-    stages = Stages(3, progress)
-    with stages("data", f"rendering {p['n_scenes']} labeled indoor scenes"):
-        folder = out / "data" / "indoor"
-        marker = folder / "scenes.json"
-        spec = json.dumps({k: p[k] for k in ("n_scenes", "seed", "size")})
-        if not (marker.is_file() and marker.read_text() == spec):
-            write_domain(folder, "indoor", int(p["n_scenes"]), int(p["seed"]), tuple(p["size"]),
-                         workers=int(p.get("workers", 1)))
-            marker.write_text(spec)
-    with stages("pretrain", "training demo_pretrain.yaml"):
-        trained = train_recipe(_read_yaml(CONFIG_DIR / "demo_pretrain.yaml"), out, name="configs/demo_pretrain.yaml")
-    with stages("encoder", "writing encoder.safetensors"):
-        path = save_encoder(load_model(trained.final), out / "encoder.safetensors")
-    stages.say(f"encoder: {path} (the demo ships it as {ASSETS / 'demo_encoder.safetensors'})")
-    return path
 
 
 def default_photos() -> Path | None:
@@ -677,9 +640,6 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
                                                        "data order, augmentation (default 0)")
     p.add_argument("--ablation", action="store_true",
                    help="also train the rows of Depth Anything's Table 9 and write ablation.md (much longer)")
-    p.add_argument("--pretrain-encoder", action="store_true",
-                   help="make the demo's pretrained encoder (the stand-in for DINOv2) into --out (default "
-                        "pretrain_out) instead of running the demo")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out: reuse every finished model and label store")
     photos = p.add_mutually_exclusive_group()
@@ -691,9 +651,6 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    if args.pretrain_encoder:
-        pretrain_encoder(args.out if args.out != "demo_out" else "pretrain_out")
-        return 0
     run_demo(args.out, quick=args.quick, ablation=args.ablation, photos=args.photos, resume=args.resume,
              seed=args.seed)
     return 0
