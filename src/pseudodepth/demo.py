@@ -9,12 +9,17 @@ Every stage runs the real command's code (``DIR`` is ``--out``)::
     5 eval     evaluate.evaluate          DIR/eval/{source_test, target_test}/
     6 report   report.Report              DIR/metrics.json, DIR/report.md, DIR/report.html, DIR/figures/
 
-The source domain (indoor rooms) has depth; the target domain (outdoor scenes with sky) has only
-images. The teacher never sees the target domain; the student sees the target pool through the
-teacher's pseudo-labels, with the recipe's strong perturbations, CutMix, top-10% loss filtering and
-feature alignment to the frozen teacher encoder. ``--ablation`` then trains the rows of Depth
-Anything V1's Table 9 (:func:`run_ablation`) and writes ``DIR/ablation.md``. ``--resume`` continues
-an interrupted run: finished models (same configuration) and label stores are reused.
+Both domains are outdoor scenes of the same kind (a ground plane to the horizon, sky, 10-20 objects
+within 25 m, depth valid to 30 m); they differ in appearance: the labeled *source* has a warm, high
+sun and warm objects (boxes, spheres, trees, crates); the unlabeled *target* a cool, low, harsh sun
+with long shadows, haze, bluish objects (poles, barrels, logs, buildings) and rolled cameras. The
+teacher never sees the target domain; the student sees the target pool through the teacher's
+pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
+to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
+random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
+teacher, an oracle), the rows of Depth Anything V1's Table 9 and the filter on wrong pseudo-labels
+(:mod:`pseudodepth.ablation`). ``--resume`` continues an interrupted run: finished models (same
+configuration) and label stores are reused.
 
 Settings are data: ``configs/demo.yaml`` (sizes, input size, figures, quick mode, ablation rows)
 and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_student.yaml``.
@@ -515,7 +520,8 @@ def _recipe_table(settings: DemoSettings) -> rp.Table:
     t, s = settings.teacher, settings.student
     fa = s["feature_alignment"]
     rows = [
-        ["model", f"`{t['model']['init']}` (random init)", f"`{s['model']['init']}` (the same random init)"],
+        ["model", f"`{t['model']['init']}` (random init, seed {t['model'].get('init_seed', 0)})",
+         f"`{s['model']['init']}` (the same random init)"],
         ["data", f"{settings.data['n_source_train']} labeled source scenes",
          f"the same + {settings.data['n_target_unlabeled']} pseudo-labeled target images"],
         ["steps x batch", f"{t['train']['steps']} x {t['train']['batch_size']}",
@@ -527,8 +533,8 @@ def _recipe_table(settings: DemoSettings) -> rp.Table:
                                                  f"{100 * s['loss']['drop_top_ratio']:g}% losses"],
         ["perturbations", "flips", ("colour jitter, grayscale, blur" if s["augment"]["strong"] else "none")
          + f"; CutMix p = {s['augment']['cutmix_p']:g}; flips"],
-        ["feature alignment", "-", (f"1 - cos to the frozen teacher encoder, margin {fa['margin']:g}"
-                                    if fa["enabled"] else "off")],
+        ["feature alignment", "-", (f"1 - cos to the frozen {'encoder ' + fa['frozen'] if fa['frozen'] else 'initial encoder'}, "
+                                    f"margin {fa['margin']:g}" if fa["enabled"] else "off")],
         ["learning rate", f"{t['optim']['encoder_lr']:g} (decoder x {t['optim']['decoder_lr_mult']:g}), "
                           f"{t['optim']['schedule']}", f"{s['optim']['encoder_lr']:g} (decoder x "
                                                        f"{s['optim']['decoder_lr_mult']:g}), {s['optim']['schedule']}"],
@@ -562,9 +568,10 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                f"{s_target:.4f} (student).")
     doc = rp.Report("pseudodepth demo: teacher -> pseudo-labels -> student", intro=[
         "Depth Anything's loop at toy scale, on this machine's CPU: a **teacher** trained on labeled scenes of "
-        "one domain (indoor rooms) pseudo-labels unlabeled images of another domain (outdoor scenes with sky); a "
-        "**student** trained on the labeled scenes plus those pseudo-labels is then compared with its teacher on "
-        "held-out scenes of both domains. " + verdict,
+        "one domain (sunny, warm outdoor scenes) pseudo-labels unlabeled images of a shifted domain (cool, low "
+        "sun, haze, other objects and cameras); a **student** trained on the labeled scenes plus those "
+        "pseudo-labels is then compared with its teacher and with an image-blind baseline on held-out scenes of "
+        "both domains. " + verdict,
         "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
                                                                if settings.quick else "")
         + "; `metrics.json` holds the numbers, `eval/` the per-image scores.",
@@ -581,7 +588,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
             f"{100 * zero['teacher']:.1f}%, student {100 * zero['student']:.1f}%." + collapse)
     doc.add("What the models see", rp.Figure(
         examples, "Held-out scenes (4 target, 2 source). Depth maps are disparity in Spectral_r (near = warm), "
-                  "each min-max scaled; ground truth is black where invalid (sky, beyond 60 m). Teacher error: "
+                  "each min-max scaled; ground truth is black where invalid (sky, beyond 30 m). Teacher error: "
                   f"per-pixel AbsRel after alignment, 0 (black) to {ERROR_SCALE:g} or more (yellow), grey where invalid. Dropped by the filter: the top "
                   f"{100 * ratio:g}% per-pixel SSI losses of the final student against the teacher's prediction, "
                   "i.e. what the V2 filter would ignore if the scene were in the unlabeled pool."),
@@ -607,12 +614,13 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                                           "on labeled source images, and the student's pseudo-label loss (after "
                                           "filtering) and feature-alignment term."),
             _recipe_table(settings),
-            "Nothing is pretrained here: the student starts from the same random initialisation as the teacher "
-            "(Depth Anything starts its student from a pretrained DINOv2 encoder, not from the teacher). Its feature "
-            "alignment pulls its encoder towards the frozen teacher encoder"
-            + (f"; it was active (some patch below the {fa['margin']:g} cosine margin) in "
+            "Nothing is pretrained here: teacher and student start from the same random initialisation (Depth "
+            "Anything starts both from a pretrained DINOv2 encoder; the student never starts from the teacher). "
+            "Feature alignment (V1: to the frozen encoder the student starts from)"
+            + (f" was active (some patch below the {fa['margin']:g} cosine margin) in "
                f"{100 * np.mean(logs['student']['feature_alignment'] > 0):.0f}% of the logged steps."
-               if fa["enabled"] else " (disabled in this recipe)."),
+               if fa["enabled"] else " is off in this recipe: with no pretrained encoder it has nothing semantic to "
+                                     "keep (the ablation measures it)."),
             f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
     if run.ablation is not None:
         doc.add("Ablation: baselines, controls, Table 9 rows and wrong pseudo-labels on several seeds",
