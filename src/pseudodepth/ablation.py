@@ -63,9 +63,9 @@ def plan(settings) -> list[Row]:
                          "train": {"out": "oracle"}}))
     wrong = a.get("wrong_labels") or {}
     for ratio in wrong.get("ratios", []):
+        train = {"out": f"student_wrong_{ratio:g}", **({"steps": int(wrong["steps"])} if "steps" in wrong else {})}
         rows.append(Row(f"wrong labels, filter ratio {ratio:g}", "wrong_labels", "student",
-                        {"loss": {"drop_top_ratio": float(ratio)}, "train": {"out": f"student_wrong_{ratio:g}"}},
-                        labels="wrong"))
+                        {"loss": {"drop_top_ratio": float(ratio)}, "train": train}, labels="wrong"))
     return rows
 
 
