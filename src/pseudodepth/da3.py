@@ -75,11 +75,13 @@ class DA3Head(DepthAnythingDepthEstimationHead):
         self.sky: torch.Tensor | None = None  # (B, H, W) sky score of the last forward pass
 
     def forward(self, hidden_states: list[torch.Tensor], patch_height, patch_width) -> torch.Tensor:
-        x = self.conv1(hidden_states[self.head_in_index])
-        x = F.interpolate(x, (int(patch_height * self.patch_size), int(patch_width * self.patch_size)),
-                          mode="bilinear", align_corners=True)
-        depth = torch.exp(self.conv3(self.activation1(self.conv2(x))))
-        self.sky = torch.relu(self.sky_conv3(torch.relu(self.sky_conv2(x)))).squeeze(1)
+        hidden = hidden_states[self.head_in_index]
+        with torch.autocast(device_type=hidden.device.type, enabled=False):  # fp32 head, as the official code
+            x = self.conv1(hidden.float())
+            x = F.interpolate(x, (int(patch_height * self.patch_size), int(patch_width * self.patch_size)),
+                              mode="bilinear", align_corners=True)
+            depth = torch.exp(self.conv3(self.activation1(self.conv2(x))))
+            self.sky = torch.relu(self.sky_conv3(torch.relu(self.sky_conv2(x)))).squeeze(1)
         return depth.squeeze(1)
 
 
