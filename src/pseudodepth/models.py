@@ -247,14 +247,24 @@ def load_folder(path: str | Path) -> DepthAnythingForDepthEstimation:
     return _finish(model, ModelInfo(version_from_config(config), size, str(path)))
 
 
-def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path, meta: dict | None = None) -> Path:
-    """Write a model SPEC folder: ``config.json`` + ``model.safetensors`` + ``pseudodepth.json``."""
+def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path, meta: dict | None = None,
+                    input_size: int | None = None) -> Path:
+    """Write a model SPEC folder that is also a complete Hugging Face model folder: ``config.json`` +
+    ``model.safetensors`` + ``preprocessor_config.json`` + ``README.md`` (model card, :mod:`pseudodepth.hub`)
+    + ``pseudodepth.json`` (our metadata, written last: its presence means the folder is complete).
+
+    ``input_size`` (default ``meta["input_size"]`` or 518) is the processor's size for ``transformers.pipeline``."""
+    from .hub import write_hub_files
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     model.save_pretrained(out_dir, safe_serialization=True)
-    info = dict(getattr(model.config, "pseudodepth", {}) or {})
-    (out_dir / "pseudodepth.json").write_text(json.dumps({**info, **(meta or {})}, indent=2, sort_keys=True))
+    info = {**dict(getattr(model.config, "pseudodepth", {}) or {}), **(meta or {})}
+    if input_size is not None:
+        info["input_size"] = int(input_size)
+    write_hub_files(out_dir, info)
+    (out_dir / "pseudodepth.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return out_dir
 
 

@@ -390,7 +390,7 @@ def save_training_state(out: Path, step: int, model: nn.Module, optimizer: torch
     final = checkpoint_dir(out, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, {"step": step, "mode": config.mode})
+    save_checkpoint(model, tmp, {"step": step, "mode": config.mode, "config": str(out / "config.yaml")})
     numpy_state = np.random.get_state(legacy=False)
     state = {
         "step": step,
