@@ -131,12 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"pseudodepth {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (what was saved, how to continue), no traceback
+        from .interrupt import interrupt_line
+
+        print(f"\npseudodepth {args.command}: {interrupt_line(args, argv, err)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

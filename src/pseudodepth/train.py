@@ -68,6 +68,7 @@ from pseudodepth import losses
 from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
 from pseudodepth.infer import autocast
+from pseudodepth.interrupt import DeferredInterrupt, Interrupted
 from pseudodepth.models import load_encoder_state, load_model, save_checkpoint
 from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
@@ -595,10 +596,49 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     bar = tqdm(total=t.steps, initial=start, desc=f"train {config.mode}", unit="step", disable=not ctx.main,
                dynamic_ncols=True)
     seen: list[str] = []
+    stop = DeferredInterrupt(enabled=ctx.world == 1)  # Ctrl-C: finish the step, save, then stop
+    with stop:
+        done = _loop(streams, start, net, frozen, model, optimizer, config, ctx, log, bar, stop, seen)
+    bar.close()
+    if stop.requested and done < t.steps:  # Ctrl-C
+        saved = checkpoint_dir(out, done)
+        if done > start and ctx.main and not saved.is_dir():
+            save_training_state(out, done, model, optimizer, config)
+        elif not saved.is_dir():
+            saved = latest_checkpoint(out)
+        raise Interrupted(f"saved the checkpoint {saved} after step {done} of {t.steps}" if saved else
+                          f"stopped at step {done} of {t.steps}, before the first checkpoint")
+
+    final = out / "final"
+    if ctx.main:
+        save_checkpoint(model, final, {"step": t.steps, "mode": config.mode, "config": str(out / "config.yaml")})
+    if t.debug_dump_weights:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{ctx.rank}_weights.pt")
+        (out / f"rank{ctx.rank}_samples.txt").write_text("\n".join(seen) + "\n")
+    if dist.is_initialized():
+        dist.barrier()
+    return final
+
+
+def _loop(streams, start: int, net: nn.Module, frozen: nn.Module | None, model: nn.Module,
+          optimizer: torch.optim.Optimizer, config: TrainConfig, ctx: Dist, log: CsvLog | None, bar,
+          stop: DeferredInterrupt, seen: list[str]) -> int:
+    """Steps ``start`` ... ``train.steps - 1``; returns the number of steps done (fewer after a Ctrl-C)."""
+    t, student = config.train, config.mode == "student"
+    out = config.out_dir
     warned = False
     tic, images_since = time.perf_counter(), 0
-
-    for step, (labeled, unlabeled) in enumerate(streams, start=start):
+    done = start
+    batches = enumerate(streams, start=start)
+    while True:
+        try:
+            step, (labeled, unlabeled) = next(batches)
+        except StopIteration:
+            return done
+        except RuntimeError:
+            if stop.requested:  # Ctrl-C in a terminal also stops the DataLoader workers: "exited unexpectedly"
+                return done
+            raise
         torch.manual_seed(step_seed(t.seed, step, ctx.rank, stream=2))  # any randomness inside the model
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, config)
@@ -631,17 +671,8 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
         bar.update(1)
         if done % t.save_every == 0 and done < t.steps and ctx.main:
             save_training_state(out, done, model, optimizer, config)
-    bar.close()
-
-    final = out / "final"
-    if ctx.main:
-        save_checkpoint(model, final, {"step": t.steps, "mode": config.mode, "config": str(out / "config.yaml")})
-    if t.debug_dump_weights:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{ctx.rank}_weights.pt")
-        (out / f"rank{ctx.rank}_samples.txt").write_text("\n".join(seen) + "\n")
-    if dist.is_initialized():
-        dist.barrier()
-    return final
+        if stop.requested and done < t.steps:
+            return done
 
 
 # ----------------------------------------------------------------------------- command line
@@ -680,12 +711,19 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pseudodepth.train CONFIG.yaml`` (also what ``torchrun -m pseudodepth.train`` runs)."""
     parser = _add_arguments(argparse.ArgumentParser(prog="python -m pseudodepth.train",
                                                     description=__doc__.split("\n")[0]))
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ShardError) as err:  # ConfigError is a ValueError
         print(f"pseudodepth train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        from pseudodepth.interrupt import interrupt_line
+
+        print(f"pseudodepth train: {interrupt_line(args, argv, err, prog='python -m pseudodepth.train')}",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
