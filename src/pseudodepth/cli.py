@@ -101,9 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")
     p.set_defaults(func=cmd_label)
 
+    from .adapt import add_adapt_parser
     from .demo import add_demo_parser
     from .train import add_train_parser
 
+    add_adapt_parser(sub)
     add_train_parser(sub)
     add_demo_parser(sub)
 
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed: what an interrupted or finished run tells you to run again
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:

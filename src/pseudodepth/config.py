@@ -74,7 +74,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label stores or one shard export."""
+    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label stores or one shard export.
+
+    A student may have no labeled source (Depth Anything V2's setting: pseudo-labels only); then
+    every image of a batch is pseudo-labeled and ``train.labeled_ratio`` is not used."""
 
     labeled: list[dict] = field(default_factory=list)
     unlabeled: list[dict] = field(default_factory=list)
@@ -371,13 +374,13 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
              f"must be [low, high] with 0 < low <= high, got {aug.blur_sigma}")
     _require(t.device == "auto" or t.device.split(":")[0] in ("cpu", "cuda"), file, "train.device",
              f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
-    _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
     if config.mode == "student":
         _require(bool(config.data.unlabeled), file, "data.unlabeled",
                  "needs a label store or shard export in student mode (run `pseudodepth label` first)")
         _require(t.batch_size >= 2, file, "train.batch_size",
                  f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
     else:
+        _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
         _require(not config.data.unlabeled, file, "data.unlabeled",
                  "must be empty in teacher mode (the teacher trains on labeled data only); use mode: student")
         _require(not fa.enabled, file, "feature_alignment.enabled",

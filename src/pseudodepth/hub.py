@@ -172,7 +172,7 @@ def model_card(meta: dict, config: dict, input_size: int = DEFAULT_INPUT_SIZE) -
                   + (f", encoder from `{model['encoder_from']}`" if model.get("encoder_from") else ""),
                   f"- {train.get('steps')} steps x batch {train.get('batch_size')}"
                   + (f" (labeled : unlabeled = {train['labeled_ratio'][0]} : {train['labeled_ratio'][1]})"
-                     if mode == "student" and train.get("labeled_ratio") else "")
+                     if mode == "student" and data.get("labeled") and train.get("labeled_ratio") else "")
                   + f", crops {train.get('crop_size')}, precision {train.get('precision')}, seed {train.get('seed')}",
                   f"- loss: {loss.get('ssi_weight', 1):g} x SSI + {loss.get('gm_weight', 2):g} x gradient matching"
                   + (f"; pseudo-labels drop each image's top {100 * loss.get('drop_top_ratio', 0):g}% losses"

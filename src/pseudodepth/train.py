@@ -4,7 +4,8 @@ One readable loop (:func:`train`, nanoGPT style); data, model, losses and schedu
 small functions above it and passed in.
 
 - **teacher** (``mode: teacher``): labeled batches only, ``L = ssi + 2 gm`` with no filtering.
-- **student** (``mode: student``): each step one labeled batch and one unlabeled batch (1 : 2).
+- **student** (``mode: student``): each step one labeled batch and one unlabeled batch (1 : 2);
+  without labeled sources (V2's setting) each step is one unlabeled batch of ``train.batch_size``.
   Unlabeled images get strong perturbations and CutMix (p = 0.5) on the tensors in the step; the
   targets are the teacher's pseudo-labels of the clean images; the unlabeled loss drops each
   image's top 10% losses (V2). With ``feature_alignment.enabled`` the student encoder's last-layer
@@ -44,6 +45,7 @@ import argparse
 import bisect
 import copy
 import csv
+import itertools
 import math
 import os
 import random
@@ -505,7 +507,10 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
     mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p)
     mixed = losses.apply_cutmix(strong, strong.roll(1, 0), mask)  # image b of sample i: sample i - 1
 
-    images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), normalize_imagenet(mixed)])
+    n_l = 0 if labeled is None else labeled["image"].shape[0]  # None: pseudo-labels only (V2)
+    images = normalize_imagenet(mixed)
+    if labeled is not None:
+        images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), images])
     align = normalize_imagenet(clean) if config.feature_alignment.enabled else None
     with autocast(ctx.device, config.train.precision):
         pred, feats = net(images, align)
@@ -513,10 +518,11 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
             with torch.no_grad():
                 reference = patch_tokens(frozen, align)
     pred = pred.float()
-    n_l = labeled["image"].shape[0]
 
-    target, valid = labeled["target"].to(ctx.device), labeled["valid"].to(ctx.device)
-    loss_l, stats_l = labeled_term(pred[:n_l], target, valid, config)
+    loss_l, stats_l = torch.zeros((), device=ctx.device), {}
+    if labeled is not None:
+        target, valid = labeled["target"].to(ctx.device), labeled["valid"].to(ctx.device)
+        loss_l, stats_l = labeled_term(pred[:n_l], target, valid, config)
     pseudo, pseudo_valid = unlabeled["target"].to(ctx.device), unlabeled["valid"].to(ctx.device)
     terms = partial(losses.pseudo_label_terms, gm_weight=w.gm_weight / w.ssi_weight, edge_aware=w.edge_aware)
     loss_u, stats_u = losses.cutmix_loss(pred[n_l:], pseudo, pseudo.roll(1, 0), pseudo_valid,
@@ -569,7 +575,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     student = config.mode == "student"
     seed_everything(step_seed(t.seed, 0, ctx.rank))
     # Data first: a bad dataset fails before any model is loaded.
-    labeled_data = build_data(config.data.labeled, config, normalize=True)
+    labeled_data = build_data(config.data.labeled, config, normalize=True) if config.data.labeled else None
     unlabeled_data = build_unlabeled(config, ctx) if student else None
     out, checkpoint = prepare_out(config, resume, ctx)
 
@@ -582,12 +588,15 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
         net = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
     if student:
-        n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
+        # Without labeled sources (V2's setting) every image of the batch is pseudo-labeled.
+        n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio)) if labeled_data else (0, t.batch_size)
         if isinstance(unlabeled_data, ShardDataset):
             unlabeled_batches = ShardBatches(unlabeled_data, n_u, config, start, ctx)
         else:
             unlabeled_batches = make_batches(unlabeled_data, n_u, config, 1, start, ctx, "data.unlabeled")
-        streams = zip(make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled"), unlabeled_batches)
+        labeled_batches = (make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled") if labeled_data
+                           else itertools.repeat(None))
+        streams = zip(labeled_batches, unlabeled_batches)
     else:
         streams = ((batch, None) for batch in make_batches(labeled_data, t.batch_size, config, 0, start, ctx,
                                                            "data.labeled"))
@@ -652,7 +661,7 @@ def _loop(streams, start: int, net: nn.Module, frozen: nn.Module | None, model: 
             nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         optimizer.step()
         if t.debug_dump_weights:
-            seen += labeled["path"] + (unlabeled["path"] if unlabeled is not None else [])
+            seen += (labeled["path"] if labeled is not None else []) + (unlabeled["path"] if unlabeled is not None else [])
 
         done = step + 1
         images_since += t.batch_size * ctx.world
