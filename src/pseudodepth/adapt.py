@@ -229,14 +229,21 @@ def plan_run(teacher_spec: str, teacher, images: list[str], out: str | os.PathLi
 # --------------------------------------------------------------------------- stages
 
 
-def train_student(plan: AdaptPlan) -> tuple[Path, str]:
-    """Train (or resume, or reuse) the student; returns (final folder, what happened)."""
-    config = config_from_dict(plan.train_config, base_dir=plan.out, file=plan.out / "recipe.yaml")
-    wanted = yaml.safe_dump(config.to_dict(), sort_keys=False)
+def check_student_folder(plan: AdaptPlan, check_paths: bool = False):
+    """The student's training config; refuses a ``RUN/student`` trained with another one (before any work)."""
+    config = config_from_dict(plan.train_config, base_dir=plan.out, file=plan.out / "recipe.yaml",
+                              check_paths=check_paths)
     saved = config.out_dir / "config.yaml"
-    if saved.is_file() and saved.read_text() != wanted:
+    if saved.is_file() and saved.read_text() != yaml.safe_dump(config.to_dict(), sort_keys=False):
         raise ValueError(f"{config.out_dir} holds a student trained with another recipe ({saved} differs from this "
                          f"command's); choose another --out, or delete {config.out_dir} to train again")
+    return config
+
+
+def train_student(plan: AdaptPlan) -> tuple[Path, str]:
+    """Train (or resume, or reuse) the student; returns (final folder, what happened)."""
+    config = check_student_folder(plan, check_paths=True)
+    saved = config.out_dir / "config.yaml"
     final = config.out_dir / "final"
     if saved.is_file() and (final / "pseudodepth.json").is_file():
         return final, "finished earlier: skipped"
@@ -413,6 +420,7 @@ def adapt(teacher: str, images: list[str], out: str | os.PathLike, *, student: s
     teacher_model = load_model(teacher, device=device)
     plan = plan_run(teacher, teacher_model, images, out, student=student, labeled=labeled, evals=evals, steps=steps,
                     input_size=input_size, recipe_path=recipe, command=command, device=device)
+    check_student_folder(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "recipe.yaml").write_text(yaml.safe_dump(
         {**plan.recipe, "run": {"teacher": plan.teacher, "images": {k: str(v) for k, v in plan.images.items()},
