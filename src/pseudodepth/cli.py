@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_label)
 
     from .adapt import add_adapt_parser
+    from .app import add_app_parser
     from .demo import add_demo_parser
     from .train import add_train_parser
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar and index.json")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     p.set_defaults(func=cmd_shards)
+
+    add_app_parser(sub)
     return parser
 
 
