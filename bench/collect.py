@@ -23,6 +23,8 @@ SECTIONS = [  # (results file, heading, what it measures)
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",
      "`pseudodepth predict --raw` vs the official Depth-Anything-V2 `infer_image`, fp32."),
+    ("hf_pipeline.md", "transformers' pipeline on a pseudodepth checkpoint (`bench/hf_pipeline.py`)",
+     "`transformers.pipeline(\"depth-estimation\", model=CHECKPOINT)` vs `pseudodepth predict --raw` on real photos."),
 ]
 
 
