@@ -96,6 +96,8 @@ def interrupt_line(args, argv: list[str], err: KeyboardInterrupt, prog: str = "p
     if command == "demo":
         return (f"interrupted: the data, finished models and label stores in {args.out} are kept; continue with: "
                 f"{command_line(argv, prog, add='--resume')}")
+    if command == "adapt":
+        return f"interrupted before the first stage: nothing to keep yet; the same command starts again: {again}"
     if command == "eval":
         return f"interrupted: nothing written (metrics are written at the end); run again: {again}"
     return "interrupted"
