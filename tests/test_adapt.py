@@ -53,11 +53,11 @@ def test_adapt_killed_during_training_then_resumed(setup, capsys) -> None:
     checkpoint = run / "student" / "checkpoints" / "step_000004" / "trainer.pt"
     proc = subprocess.Popen([sys.executable, "-m", "pseudodepth.cli", *argv], env=one_thread_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 900  # generous: the CI machine may be shared
     try:
         while not checkpoint.is_file():
             assert proc.poll() is None, f"adapt ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() < deadline, "no training checkpoint after 240 s"
+            assert time.monotonic() < deadline, "no training checkpoint after 900 s"
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9, data-loader workers included
         proc.wait(timeout=60)

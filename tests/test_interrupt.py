@@ -22,7 +22,7 @@ from train_helpers import labeled_folder, one_thread_env, write_config
 CLI = [sys.executable, "-m", "pseudodepth.cli"]
 
 
-def ctrl_c_when(cmd: list[str], ready, timeout: float = 120.0) -> tuple[int, str]:
+def ctrl_c_when(cmd: list[str], ready, timeout: float = 600.0) -> tuple[int, str]:
     """Start ``cmd`` in its own session, SIGINT its process group once ``ready()``; returns (exit code, stderr)."""
     proc = subprocess.Popen(cmd, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

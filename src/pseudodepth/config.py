@@ -386,12 +386,13 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
     if config.mode == "student":
         _require(bool(config.data.unlabeled), file, "data.unlabeled",
                  "needs a label store or shard export in student mode (run `pseudodepth label` first)")
-        _require(t.batch_size >= 2, file, "train.batch_size",
-                 f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
-        parts = sum(t.labeled_ratio) if len(t.labeled_ratio) == 2 else 1
-        _require(t.batch_size % parts == 0, file, "train.batch_size",
-                 f"= {t.batch_size} cannot be split {t.labeled_ratio[0]} : {t.labeled_ratio[1]} (labeled : unlabeled); "
-                 f"use a multiple of {parts}")
+        if config.data.labeled:  # without labeled sources every image of a batch is pseudo-labeled (V2)
+            _require(t.batch_size >= 2, file, "train.batch_size",
+                     f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
+            parts = sum(t.labeled_ratio) if len(t.labeled_ratio) == 2 else 1
+            _require(t.batch_size % parts == 0, file, "train.batch_size",
+                     f"= {t.batch_size} cannot be split {t.labeled_ratio[0]} : {t.labeled_ratio[1]} (labeled : "
+                     f"unlabeled); use a multiple of {parts}")
     else:
         _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
         _require(not config.data.unlabeled, file, "data.unlabeled",
