@@ -165,5 +165,11 @@ def test_student_config_without_labeled_data(tmp_path: Path) -> None:
     data = {"mode": "student", "model": {"init": "da-v2-tiny"},
             "data": {"unlabeled": [{"type": "label_store", "root": "labels"}]}}
     assert config_from_dict(data, tmp_path, check_paths=False).data.labeled == []
+    # No labeled : unlabeled split to honour: any batch size (with labeled data, 4 is refused for 1 : 2).
+    assert config_from_dict({**data, "train": {"batch_size": 4}}, tmp_path, check_paths=False).train.batch_size == 4
+    with pytest.raises(ConfigError, match="cannot be split"):
+        config_from_dict({**data, "train": {"batch_size": 4},
+                          "data": {**data["data"], "labeled": [{"type": "folder", "root": "x"}]}},
+                         tmp_path, check_paths=False)
     with pytest.raises(ConfigError, match="data.labeled needs at least one labeled source"):
         config_from_dict({"mode": "teacher", "model": {"init": "da-v2-tiny"}}, tmp_path, check_paths=False)
