@@ -25,7 +25,10 @@ has the driver's teacher fingerprint, so a node with other weights fails the run
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -112,6 +115,69 @@ def _maybe_crash() -> None:
     os._exit(1)
 
 
+class ClusterError(RuntimeError):
+    """A Ray cluster that cannot be used: unreachable, or refusing this process's token. One line, says what to do."""
+
+
+AUTH_HELP = ("export RAY_AUTH_MODE=token and give this process the cluster's token: copy the head node's "
+             "~/.ray/auth_token (`ray get-auth-token` on the head prints it) to ~/.ray/auth_token here, or set "
+             "RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN=TOKEN")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--address {address!r} is not HOST:PORT; give the head node's address and the --port "
+                           "of its `ray start --head` (e.g. 10.0.0.1:6379)")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (Ray's C++ client logs each refused attempt there) for a short probe."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def check_cluster(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, in one line, if the Ray cluster at ``address`` is unreachable or refuses our token.
+
+    ``ray.init(address=...)`` would otherwise retry for ~20 s (40 s when nothing listens) and end in a
+    traceback. Token authentication is Ray's own (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); Ray never sends a token to an explicit address
+    unless ``RAY_AUTH_MODE=token`` is set, so neither do we.
+    """
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(f"no Ray cluster answers at {host}:{port} ({err.strerror or err}); start one with "
+                           f"`ray start --head --port={port}` on {host}, or pass the right --address") from None
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _quiet_stderr():
+            GcsClient(address=f"{host}:{port}").internal_kv_get(b"pseudodepth-probe", None, timeout=timeout)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE", "")
+        why = ("refused this process's token" if mode.lower() == "token"
+               else "requires token authentication (RAY_AUTH_MODE is not 'token' here)")
+        raise ClusterError(f"the Ray cluster at {host}:{port} {why}; {AUTH_HELP}") from None
+    except Exception as err:  # noqa: BLE001 - anything else: not a Ray head at that port
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(f"{host}:{port} does not answer as a Ray head node ({line}); pass the --port of "
+                           "`ray start --head` as --address HOST:PORT") from None
+
+
 def connect(address: str | None = None) -> None:
     """Use the running Ray, connect to the cluster at ``address``, or start a local Ray on this machine."""
     import ray
@@ -119,6 +185,7 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
+        check_cluster(address)
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
@@ -160,6 +227,8 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     if batch_size < 1 or (num_actors is not None and num_actors < 1):
         raise ValueError("--batch-size and --actors must be >= 1")
     images, out = Path(images).resolve(), Path(out).resolve()
+    if address and not ray.is_initialized():
+        check_cluster(address)  # before any work: an unreachable or unauthorised cluster fails at once
     model = load_model(model_spec)  # the driver's copy only fixes the teacher fingerprint
     teacher = fingerprint(model, settings.as_dict())
     del model
