@@ -17,8 +17,13 @@ SECTIONS = [  # (results file, heading, what it measures)
      "The first 100 steps of the demo's seed-1 student recipe (full schedule, stopped early), per seed and weight."),
     ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
      "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
+    ("label_throughput_pool.md", "Pseudo-labelling throughput on a pool of 100+ photos (`bench/label_throughput.py --pool`)",
+     "1-3 MP photos made from the 20 real ones, V2-small architecture with random weights, 518 input, each "
+     "variant a whole process."),
     ("label_throughput_gpu.md", "Pseudo-labelling throughput on a GPU (`bench/label_throughput.py`)",
      "The same benchmark on a lent GPU machine."),
+    ("train_throughput.md", "Training throughput (`bench/train_throughput.py`)",
+     "`pseudodepth train` in student mode vs a bare forward + backward + optimizer loop of the same model."),
     ("loss_filter.md", "Top-10% loss filter cost (`bench/loss_filter.py`)",
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",

@@ -99,7 +99,8 @@ def ray_cluster(request):
     (tmp / "token").write_text(uuid.uuid4().hex)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp / "token"), HOME=str(tmp),
-               RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT / "src"))
+               RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT / "src"),
+               RAY_raylet_start_wait_time_s="300")  # a loaded shared machine starts nodes slowly
     leaders: list[int] = []
 
     def start(args: list[str], log: str) -> None:
