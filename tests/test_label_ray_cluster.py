@@ -81,7 +81,7 @@ def _node_args(tmp: Path, name: str) -> list[str]:
             f"--dashboard-port={dashboard}"]
 
 
-def _wait_until_started(proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+def _wait_until_started(proc: subprocess.Popen, log: Path, timeout: float = 360.0) -> None:
     """Wait for ``ray start``'s "Ray runtime started." line (printed once the node has joined the cluster)."""
     deadline = time.monotonic() + timeout
     while "Ray runtime started" not in log.read_text():
@@ -169,25 +169,26 @@ def test_unauthorised_driver_fails_at_once_in_one_line(tmp_path, ray_cluster, to
         (tmp_path / "tok").write_text(token)
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "tok"))
     imgs = _photos(tmp_path / "imgs")
-    r, seconds = _label_cli(env, "--engine", "ray", "--address", address, "--images", str(imgs),
-                            "--out", str(tmp_path / "s"))
+    r, _ = _label_cli(env, "--engine", "ray", "--address", address, "--images", str(imgs),
+                      "--out", str(tmp_path / "s"))
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith(f"pseudodepth label: error: the Ray cluster at {address} ")
     assert ("refused this process's token" if token else "requires token authentication") in lines[0]
     assert "RAY_AUTH_MODE=token" in lines[0] and "~/.ray/auth_token" in lines[0]
-    assert seconds < 20, "no 20 s retry loop"
+    # no retry loop: Ray's client logs every refused attempt (once a second, for 20 s) on stderr
     assert not (tmp_path / "s").exists(), "nothing written before the cluster check"
 
 
 def test_unreachable_cluster_fails_at_once_in_one_line(tmp_path):
     port = _free_ports(1)[0]  # nothing listens there
     imgs = _photos(tmp_path / "imgs")
-    r, seconds = _label_cli({**os.environ, "PYTHONPATH": str(ROOT / "src")}, "--engine", "ray", "--address",
-                            f"127.0.0.1:{port}", "--images", str(imgs), "--out", str(tmp_path / "s"))
+    r, _ = _label_cli({**os.environ, "PYTHONPATH": str(ROOT / "src")}, "--engine", "ray", "--address",
+                      f"127.0.0.1:{port}", "--images", str(imgs), "--out", str(tmp_path / "s"))
+    assert "Timed out" not in r.stderr  # Ray alone waits 40 s here, then a traceback
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         f"pseudodepth label: error: no Ray cluster answers at 127.0.0.1:{port} (Connection refused); start one "
         f"with `ray start --head --port={port}` on 127.0.0.1, or pass the right --address"]
-    assert seconds < 20
+    assert not (tmp_path / "s").exists()
