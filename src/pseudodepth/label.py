@@ -26,24 +26,48 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import infer
+from .align import AlignError, AlignSettings, align_to_sparse
 from .imageio import ImageError, decode_rgb, list_files, safe_join
-from .models import fingerprint, load_model, model_info
+from .models import fingerprint, load_model, model_info, prediction_space
 from .preprocess import prepare, upsample
 from .store import LabelStore, label_paths
 
 
 @dataclass
 class LabelSettings:
-    """Everything that changes label values: part of the teacher fingerprint."""
+    """Everything that changes label values: part of the teacher fingerprint.
+
+    ``max_depth`` loads the teacher as a metric model with that range (``--max-depth``); ``align``
+    makes metric labels from a relative teacher and sparse metric depth (``--align-to``,
+    :mod:`pseudodepth.align`). Both are left out of the fingerprint when unset, so stores written
+    before they existed keep their fingerprint.
+    """
 
     input_size: int = 518
     precision: str = "fp32"
     tta: str | None = None
     keep_aspect: bool = True
+    max_depth: float | None = None
+    align: AlignSettings | None = None
 
     def as_dict(self) -> dict:
-        return {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
-                "keep_aspect": self.keep_aspect}
+        out = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
+               "keep_aspect": self.keep_aspect}
+        if self.max_depth is not None:
+            out["max_depth"] = self.max_depth
+        if self.align is not None:
+            out["align"] = self.align.as_dict()
+        return out
+
+    def label_space(self, model) -> str:
+        """What the store will hold: ``"metric_depth"`` for a metric teacher or with ``align``, else ``"disparity"``."""
+        return "metric_depth" if self.align is not None or prediction_space(model) == "depth" else "disparity"
+
+
+def store_meta(model_spec: str, settings: LabelSettings, images: Path, model) -> dict:
+    """``store.json`` of a labelling run (both engines)."""
+    return {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images),
+            "labels": settings.label_space(model), "prediction": prediction_space(model)}
 
 
 @dataclass
@@ -82,16 +106,31 @@ def load_item(root: Path, rel: str, settings: LabelSettings) -> dict:
     return item
 
 
-def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tensor | None,
-                teacher: str, align_corners: bool) -> dict:
-    """Turn one processed item into a manifest row, writing its label (network-res disparity in)."""
+def finish_item(store: LabelStore, item: dict, label: str, prediction: torch.Tensor | None,
+                teacher: str, align_corners: bool, settings: LabelSettings | None = None,
+                space: str = "disparity") -> dict:
+    """Turn one processed item into a manifest row, writing its label (network-res prediction in).
+
+    ``space`` is what the teacher predicts (``"disparity"`` or metric ``"depth"``). With
+    ``settings.align`` the prediction is aligned to the image's sparse metric depth and the label
+    holds metres; an image whose alignment fails becomes a failed row with the reason.
+    """
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
-           "teacher": teacher}
-    if disparity is None:
+           "teacher": teacher, "scale": None, "shift": None, "inliers": None}
+    if prediction is None:
         return row
-    full = upsample(disparity[None].float(), (item["height"], item["width"]), align_corners)[0].numpy()
-    lo, hi = store.write_label(label, full)
+    full = upsample(prediction[None].float(), (item["height"], item["width"]), align_corners)[0].numpy()
+    align = settings.align if settings is not None else None
+    if align is not None:
+        try:
+            full, fit = align_to_sparse(full, item["source"], space, align)
+        except AlignError as err:
+            row["error"] = f"metric alignment: {err}"
+            return row
+        row.update(scale=fit.scale, shift=fit.shift, inliers=fit.n_inliers)
+    metric = align is not None or space == "depth"
+    lo, hi = store.write_label(label, full, "metric_depth" if metric else "disparity")
     row.update(status="ok", error="", label=label, min=lo, max=hi)
     return row
 
@@ -121,10 +160,11 @@ class _Writer(threading.Thread):
     """Background writer: upsample, encode, write, commit rows. Errors are re-raised in the main thread."""
 
     def __init__(self, store: LabelStore, labels: dict, teacher: str, align_corners: bool, report: LabelReport,
-                 progress):
+                 progress, settings: LabelSettings, space: str):
         super().__init__(daemon=True)
         self.q: queue.Queue = queue.Queue(maxsize=4)
         self.args = (store, labels, teacher, align_corners)
+        self.settings, self.space = settings, space
         self.report, self.progress, self.error = report, progress, None
 
     def run(self) -> None:
@@ -133,7 +173,8 @@ class _Writer(threading.Thread):
             if self.error is not None:
                 continue
             try:
-                rows = [finish_item(store, it, labels[it["source"]], d, teacher, align) for it, d in job]
+                rows = [finish_item(store, it, labels[it["source"]], d, teacher, align, self.settings, self.space)
+                        for it, d in job]
                 store.append(rows)
                 for r in rows:
                     if r["status"] == "ok":
@@ -165,16 +206,17 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     infer.check_settings(settings.precision, settings.tta)
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    if settings.align is not None:
+        settings.align.check()
     images = Path(images).resolve()
-    model = model if model is not None else load_model(model_spec, device=device)
+    model = model if model is not None else load_model(model_spec, device=device, max_depth=settings.max_depth)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
-    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
-    todo, labels, done = plan(store, images, teacher, meta, overwrite)
+    todo, labels, done = plan(store, images, teacher, store_meta(model_spec, settings, images, model), overwrite)
     report = LabelReport(skipped=done)
     align = model_info(model).version == "v2"
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
-    writer = _Writer(store, labels, teacher, align, report, bar)
+    writer = _Writer(store, labels, teacher, align, report, bar, settings, prediction_space(model))
     writer.start()
     loader = DataLoader(_Sources(images, todo, settings), batch_size=None, num_workers=workers,
                         prefetch_factor=4 if workers else None, persistent_workers=False)

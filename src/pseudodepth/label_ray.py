@@ -35,8 +35,8 @@ import torch
 from tqdm import tqdm
 
 from . import infer
-from .label import LabelReport, LabelSettings, finish_item, load_item, plan
-from .models import fingerprint, load_model, model_info
+from .label import LabelReport, LabelSettings, finish_item, load_item, plan, store_meta
+from .models import fingerprint, load_model, model_info, prediction_space
 from .store import LabelStore
 
 # A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
@@ -71,7 +71,8 @@ class _Teacher:
     def __init__(self, model_spec: str, settings: LabelSettings, store_root: str, labels: dict[str, str],
                  teacher: str):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_spec, device=self.device)
+        self.model = load_model(model_spec, device=self.device, max_depth=settings.max_depth)
+        self.space = prediction_space(self.model)
         self.settings, self.labels, self.teacher = settings, labels, teacher
         self.store = LabelStore(store_root)
         self.align = model_info(self.model).version == "v2"
@@ -96,7 +97,8 @@ class _Teacher:
         for it, d in zip(items, disparities):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
                     "height": int(it["height"]), "width": int(it["width"])}
-            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align))
+            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align,
+                                    self.settings, self.space))
         _maybe_crash()
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
 
@@ -160,11 +162,13 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     if batch_size < 1 or (num_actors is not None and num_actors < 1):
         raise ValueError("--batch-size and --actors must be >= 1")
     images, out = Path(images).resolve(), Path(out).resolve()
-    model = load_model(model_spec)  # the driver's copy only fixes the teacher fingerprint
+    if settings.align is not None:
+        settings.align.check()
+    model = load_model(model_spec, max_depth=settings.max_depth)  # the driver's copy fixes the teacher fingerprint
     teacher = fingerprint(model, settings.as_dict())
+    meta = store_meta(model_spec, settings, images, model)
     del model
     store = LabelStore(out)
-    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
     todo, labels, done = plan(store, images, teacher, meta, overwrite)
     report = LabelReport(skipped=done)
     start = time.perf_counter()
