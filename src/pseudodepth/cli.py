@@ -70,9 +70,9 @@ def cmd_label(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table, name_models
 
-    results = evaluate(name_models(a.model, a.name), a.data, space=a.space, input_size=a.input_size,
+    results = evaluate(name_models(a.model, a.name), a.data, space=a.space or ["disparity"], input_size=a.input_size,
                        precision=a.precision, tta=a.tta, limit=a.limit, out_dir=a.out, device=a.device,
-                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop)
+                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop, model_max_depth=a.model_max_depth)
     print(format_table(results))
     print(f"wrote metrics.json, per_image.csv, table.md to {a.out}")
     return 0
@@ -126,13 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_demo_parser(sub)
 
-    p = sub.add_parser("eval", help="zero-shot relative-depth metrics (least-squares affine alignment)")
+    p = sub.add_parser("eval", help="zero-shot depth metrics (affine alignment, or metric with --space metric)")
     _model_args(p, repeat=True, max_depth_flag="--model-max-depth")
     p.add_argument("--name", action="append", default=None, help="display name per --model (same order)")
     p.add_argument("--data", required=True, help="TYPE:PATH[,key=value...] (folder, nyu_mat, kitti, diode, sintel, "
                    "eth3d, hypersim, vkitti2), a .yaml/.json source file, or a folder")
-    p.add_argument("--space", choices=["disparity", "depth"], default="disparity",
-                   help="alignment space: disparity (Depth Anything) or depth (models that predict depth)")
+    p.add_argument("--space", choices=["disparity", "depth", "metric"], action="append", default=None,
+                   help="protocol: least-squares alignment in disparity (Depth Anything, the default) or depth "
+                   "space, or metric (metric models' metres, no alignment); repeat for protocols side by side")
     p.add_argument("--out", default="eval_out")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     p.add_argument("--min-depth", type=float, default=None)

@@ -341,6 +341,18 @@ def load_model(spec: str | Path, version: str | None = None, device: str | torch
     return model.to(device)
 
 
+def spec_is_metric(spec: str | Path) -> bool:
+    """Whether a SPEC loads as a metric model, without loading it: an official metric file name or a folder
+    whose ``config.json`` says ``depth_estimation_type: metric`` (presets are relative)."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            return json.loads((path / "config.json").read_text()).get("depth_estimation_type") == "metric"
+        except (OSError, ValueError):
+            return False
+    return path.is_file() and official_metric_max_depth(path) is not None
+
+
 def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
     """The DINOv2 encoder weights of a SPEC, named as ``model.backbone``'s state dict.
 
