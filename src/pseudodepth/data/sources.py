@@ -104,11 +104,14 @@ class DepthSource:
     max_depth: float = math.inf
     eval_crop: str | None = None
     kb_crop: bool = False
-    values: Literal["depth", "disparity"] = "depth"  # metres, or relative disparity (relative pseudo-labels)
+    # "depth" (metres) or "disparity" (relative pseudo-labels); None: disparity for kind "pseudo", else depth
+    values: Literal["depth", "disparity"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("labeled", "pseudo"):
             raise ValueError(f"source {self.name}: kind must be 'labeled' or 'pseudo', got {self.kind!r}")
+        if self.values is None:
+            self.values = "disparity" if self.kind == "pseudo" else "depth"
         if self.values not in ("depth", "disparity") or (self.kind == "labeled" and self.values != "depth"):
             raise ValueError(f"source {self.name}: values must be 'depth' (labeled) or 'disparity', got {self.values!r}")
         if not 0 <= self.min_depth < self.max_depth:
