@@ -23,6 +23,14 @@ SECTIONS = [  # (results file, heading, what it measures)
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",
      "`pseudodepth predict --raw` vs the official Depth-Anything-V2 `infer_image`, fp32."),
+    ("official_metric_agreement.md",
+     "Agreement with the official metric model (`bench/compare_official.py --metric hypersim`)",
+     "`pseudodepth predict --raw` (metres) vs the official `metric_depth` `infer_image`, fp32, on a checkpoint "
+     "recognised as metric by its official file name."),
+    ("metric_demo.md", "Metric pseudo-labels from sparse LiDAR (`bench/metric_demo.py`)",
+     "Relative teacher -> `label --align-to` -> metric student on generated outdoor scenes, 3 seeds."),
+    ("metric_demo_quick.md", "Metric pseudo-labels from sparse LiDAR, quick setting (`bench/metric_demo.py --quick`)",
+     "The same loop at smoke-test size (one seed, minutes): it shows the script runs, not what the method gives."),
 ]
 
 

@@ -44,7 +44,7 @@ from pseudodepth.train import train
 ROOT = Path(__file__).resolve().parents[1]
 MAX_DEPTH = 80.0  # the outdoor (Virtual KITTI) range of the official metric models; scenes reach 60 m
 SETTINGS = {  # name: (source train, target pool, target test, size, crop, teacher steps, student steps, batch)
-    "full": (200, 300, 40, (96, 128), 84, 600, 600, 8),
+    "full": (100, 100, 20, (64, 80), 56, 300, 200, 4),
     "quick": (16, 16, 6, (64, 80), 56, 80, 30, 4),
 }
 
