@@ -25,6 +25,7 @@ has the driver's teacher fingerprint, so a node with other weights fails the run
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -97,10 +98,24 @@ class _Teacher:
         for it, d in zip(items, disparities):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
                     "height": int(it["height"]), "width": int(it["width"])}
-            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align,
-                                    self.settings, self.space))
+            rows.append(_to_columns(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher,
+                                                self.align, self.settings, self.space)))
         _maybe_crash()
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def _to_columns(row: dict) -> dict:
+    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1."""
+    return {**row, "scale": math.nan if row["scale"] is None else row["scale"],
+            "shift": math.nan if row["shift"] is None else row["shift"],
+            "inliers": -1 if row["inliers"] is None else row["inliers"]}
+
+
+def _from_columns(row: dict) -> dict:
+    """Inverse of :func:`_to_columns`."""
+    return {**row, "scale": None if math.isnan(row["scale"]) else row["scale"],
+            "shift": None if math.isnan(row["shift"]) else row["shift"],
+            "inliers": None if row["inliers"] < 0 else row["inliers"]}
 
 
 def _maybe_crash() -> None:
@@ -196,7 +211,8 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = [r for r in block.to_pylist() if r["source"] not in committed]  # never commit a row twice
+            rows = [_from_columns(r) for r in block.to_pylist()
+                    if r["source"] not in committed]  # never commit a row twice
             store.append(rows)
             for r in rows:
                 committed.add(r["source"])
