@@ -276,3 +276,23 @@ def test_eval_puts_relative_and_metric_protocols_side_by_side(tmp_path):
     assert "double (metric)" in (tmp_path / "out" / "table.md").read_text()
     with pytest.raises(ValueError, match="relative disparity, which has no metric scale"):
         evaluate({"tiny": "da-v2-tiny"}, source, space="metric", input_size=28, progress=False)
+
+
+def test_a_metric_teacher_writes_a_metric_store(tmp_path):
+    from PIL import Image
+
+    from pseudodepth.infer import predict
+    from pseudodepth.label import LabelSettings, label_folder
+    from pseudodepth.store import LabelStore
+
+    rgb = np.random.default_rng(1).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(rgb).save(tmp_path / "imgs" / "a.png")
+    report = label_folder("da-v2-tiny", tmp_path / "imgs", tmp_path / "store", workers=0, progress=False,
+                          settings=LabelSettings(input_size=42, max_depth=10.0))
+    store = LabelStore(tmp_path / "store")
+    assert report.ok == 1 and store.label_space == "metric_depth" and store.meta()["prediction"] == "depth"
+    row = store.rows()[0]
+    assert row["scale"] is None and row["inliers"] is None
+    expect = predict(load_model("da-v2-tiny", max_depth=10.0), rgb, 42)
+    np.testing.assert_allclose(store.read_label(row), expect, rtol=math.log(row["max"] / row["min"]) / 65534 + 1e-6)
