@@ -11,10 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 README_START, README_END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 SECTIONS = [  # (results file, heading, what it measures)
     ("demo.md", "End-to-end demo and ablation (`pseudodepth demo --ablation`, `bench/demo_results.py`)",
-     "Generated indoor (labeled source) and outdoor (unlabeled target) scenes; the student must beat its "
-     "teacher on the target domain's held-out test set."),
-    ("dead_output.md", "Dead student output vs feature-alignment weight (`bench/dead_output.py`)",
-     "The first 100 steps of the demo's seed-1 student recipe (full schedule, stopped early), per seed and weight."),
+     "Generated outdoor scenes: a labeled source domain and an unlabeled, shifted target domain. Every model "
+     "stands next to the image-blind baseline, a compute-matched teacher and an oracle, on three seeds."),
+    ("dead_output.md", "Dead student output: the output anchor (`bench/dead_output.py`)",
+     "The first steps of a student recipe that used to collapse (full schedule, stopped early), per seed, "
+     "feature-alignment weight and `loss.output_anchor`."),
     ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
      "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
     ("label_throughput_gpu.md", "Pseudo-labelling throughput on a GPU (`bench/label_throughput.py`)",
