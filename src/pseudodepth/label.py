@@ -28,28 +28,51 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import infer
+from .align import AlignError, AlignSettings, align_to_sparse
 from .imageio import ImageError, decode_rgb_reduced, list_files, safe_join
-from .models import fingerprint, load_model, model_info
+from .models import fingerprint, load_model, model_info, prediction_space
 from .preprocess import network_size, prepare, prepare_tensor, upsample
 from .store import LabelStore, label_paths
 
 
 @dataclass
 class LabelSettings:
-    """Everything that changes label values: part of the teacher fingerprint."""
+    """Everything that changes label values: part of the teacher fingerprint.
+
+    ``max_depth`` loads the teacher as a metric model with that range (``--max-depth``); ``align``
+    makes metric labels from a relative teacher and sparse metric depth (``--align-to``,
+    :mod:`pseudodepth.align`). Both are left out of the fingerprint when unset, so stores written
+    before they existed keep their fingerprint.
+    """
 
     input_size: int = 518
     precision: str = "fp32"
     tta: str | None = None
     keep_aspect: bool = True
+    max_depth: float | None = None
+    align: AlignSettings | None = None
     reduced_decode: bool = False  # JPEGs decoded at 1/2, 1/4 or 1/8 scale while >= the network size
 
     def as_dict(self) -> dict:
-        d = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
-             "keep_aspect": self.keep_aspect}
+        out = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
+               "keep_aspect": self.keep_aspect}
+        if self.max_depth is not None:
+            out["max_depth"] = self.max_depth
+        if self.align is not None:
+            out["align"] = self.align.as_dict()
         if self.reduced_decode:  # only when on, so that stores labelled before it existed keep their fingerprint
-            d["reduced_decode"] = True
-        return d
+            out["reduced_decode"] = True
+        return out
+
+    def label_space(self, model) -> str:
+        """What the store will hold: ``"metric_depth"`` for a metric teacher or with ``align``, else ``"disparity"``."""
+        return "metric_depth" if self.align is not None or prediction_space(model) == "depth" else "disparity"
+
+
+def store_meta(model_spec: str, settings: LabelSettings, images: Path, model) -> dict:
+    """``store.json`` of a labelling run (both engines)."""
+    return {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images),
+            "labels": settings.label_space(model), "prediction": prediction_space(model)}
 
 
 @dataclass
@@ -93,20 +116,35 @@ def load_item(root: Path, rel: str, settings: LabelSettings, resize: bool = True
         item["error"] = err.reason
         return item
     item["height"], item["width"], item["size"] = h, w, net(h, w)
-    item["pixels"] = prepare(rgb, size=item["size"]) if resize else rgb
+    item["pixels"] = prepare(rgb, size=item["size"]) if resize else np.require(rgb, requirements="W")
     return item
 
 
-def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tensor | None,
-                teacher: str, align_corners: bool) -> dict:
-    """Turn one processed item into a manifest row, writing its label (network-res disparity in)."""
+def finish_item(store: LabelStore, item: dict, label: str, prediction: torch.Tensor | None,
+                teacher: str, align_corners: bool, settings: LabelSettings | None = None,
+                space: str = "disparity") -> dict:
+    """Turn one processed item into a manifest row, writing its label (network-res prediction in).
+
+    ``space`` is what the teacher predicts (``"disparity"`` or metric ``"depth"``). With
+    ``settings.align`` the prediction is aligned to the image's sparse metric depth and the label
+    holds metres; an image whose alignment fails becomes a failed row with the reason.
+    """
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
-           "teacher": teacher}
-    if disparity is None:
+           "teacher": teacher, "scale": None, "shift": None, "inliers": None}
+    if prediction is None:
         return row
-    full = upsample(disparity[None].float(), (item["height"], item["width"]), align_corners)[0].numpy()
-    lo, hi = store.write_label(label, full)
+    full = upsample(prediction[None].float(), (item["height"], item["width"]), align_corners)[0].numpy()
+    align = settings.align if settings is not None else None
+    if align is not None:
+        try:
+            full, fit = align_to_sparse(full, item["source"], space, align)
+        except AlignError as err:
+            row["error"] = f"metric alignment: {err}"
+            return row
+        row.update(scale=fit.scale, shift=fit.shift, inliers=fit.n_inliers)
+    metric = align is not None or space == "depth"
+    lo, hi = store.write_label(label, full, "metric_depth" if metric else "disparity")
     row.update(status="ok", error="", label=label, min=lo, max=hi)
     return row
 
@@ -137,18 +175,19 @@ class _Writer(threading.Thread):
     the GIL); this thread commits the rows in order. Errors are re-raised in the main thread."""
 
     def __init__(self, store: LabelStore, labels: dict, teacher: str, align_corners: bool, report: LabelReport,
-                 progress, threads: int = 1):
+                 progress, settings: LabelSettings, space: str, threads: int = 1):
         super().__init__(daemon=True)
         self.q: queue.Queue = queue.Queue(maxsize=4)
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="label-writer")
         self.args = (store, labels, teacher, align_corners)
+        self.settings, self.space = settings, space
         self.report, self.progress, self.error = report, progress, None
 
     def _finish(self, item: dict, disparity, done) -> dict:
         if done is not None:
             done.synchronize()  # the non-blocking device -> host copy of this batch has landed
         store, labels, teacher, align = self.args
-        return finish_item(store, item, labels[item["source"]], disparity, teacher, align)
+        return finish_item(store, item, labels[item["source"]], disparity, teacher, align, self.settings, self.space)
 
     def run(self) -> None:
         store = self.args[0]
@@ -190,7 +229,7 @@ def _to_device(array, device: torch.device) -> torch.Tensor:
     return t
 
 
-def run_batch(model, items: list[dict], settings: LabelSettings, on_device: bool):
+def run_batch(model, items: list[dict], settings: LabelSettings, on_device: bool, align_corners: bool = True):
     """One batch of equal network size -> (disparities, CUDA event or None).
 
     Standard path: stacked CPU-prepared inputs, network-resolution disparities (the writer upsamples).
@@ -204,10 +243,9 @@ def run_batch(model, items: list[dict], settings: LabelSettings, on_device: bool
     size = items[0]["size"]
     x = torch.stack([prepare_tensor(_to_device(it["pixels"], device), size) for it in items])
     out = infer.forward(model, x, settings.precision, settings.tta)
-    align = model_info(model).version == "v2"
     full = []
     for it, d in zip(items, out):
-        up = upsample(d[None], (it["height"], it["width"]), align)[0]
+        up = upsample(d[None], (it["height"], it["width"]), align_corners)[0]
         host = torch.empty(up.shape, dtype=up.dtype, pin_memory=device.type == "cuda")
         full.append(host.copy_(up, non_blocking=device.type == "cuda"))
     done = None
@@ -235,20 +273,22 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     resize_on = resize_on or ("device" if torch.device(device).type == "cuda" else "worker")
     if resize_on not in ("worker", "device"):
         raise ValueError(f"resize_on must be 'worker' or 'device', got {resize_on!r}")
+    if settings.align is not None:
+        settings.align.check()
     images = Path(images).resolve()
-    model = model if model is not None else load_model(model_spec, device=device)
+    model = model if model is not None else load_model(model_spec, device=device, max_depth=settings.max_depth)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
-    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
-    todo, labels, done = plan(store, images, teacher, meta, overwrite)
+    todo, labels, done = plan(store, images, teacher, store_meta(model_spec, settings, images, model), overwrite)
     report = LabelReport(skipped=done)
     align = model_info(model).version == "v2"
+    space = prediction_space(model)
     if compile:
         model = torch.compile(model)
     on_device = resize_on == "device"
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
     threads = writer_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
-    writer = _Writer(store, labels, teacher, align, report, bar, threads)
+    writer = _Writer(store, labels, teacher, align, report, bar, settings, space, threads)
     writer.start()
     loader = DataLoader(_Sources(images, todo, settings, resize=not on_device), batch_size=None,
                         num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -257,7 +297,7 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
 
     def run_bucket(key):
         items = buckets.pop(key)
-        disparities, event = run_batch(model, items, settings, on_device)
+        disparities, event = run_batch(model, items, settings, on_device, align)
         writer.put(list(zip(items, disparities)), event)
 
     try:

@@ -26,6 +26,7 @@ has the driver's teacher fingerprint, so a node with other weights fails the run
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import sys
@@ -38,8 +39,8 @@ import torch
 from tqdm import tqdm
 
 from . import infer
-from .label import LabelReport, LabelSettings, finish_item, load_item, plan
-from .models import fingerprint, load_model, model_info
+from .label import LabelReport, LabelSettings, finish_item, load_item, plan, store_meta
+from .models import fingerprint, load_model, model_info, prediction_space
 from .store import LabelStore
 
 # A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
@@ -74,7 +75,8 @@ class _Teacher:
     def __init__(self, model_spec: str, settings: LabelSettings, store_root: str, labels: dict[str, str],
                  teacher: str):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_spec, device=self.device)
+        self.model = load_model(model_spec, device=self.device, max_depth=settings.max_depth)
+        self.space = prediction_space(self.model)
         self.settings, self.labels, self.teacher = settings, labels, teacher
         self.store = LabelStore(store_root)
         self.align = model_info(self.model).version == "v2"
@@ -99,9 +101,24 @@ class _Teacher:
         for it, d in zip(items, disparities):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
                     "height": int(it["height"]), "width": int(it["width"])}
-            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align))
+            rows.append(_to_columns(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher,
+                                                self.align, self.settings, self.space)))
         _maybe_crash()
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def _to_columns(row: dict) -> dict:
+    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1."""
+    return {**row, "scale": math.nan if row["scale"] is None else row["scale"],
+            "shift": math.nan if row["shift"] is None else row["shift"],
+            "inliers": -1 if row["inliers"] is None else row["inliers"]}
+
+
+def _from_columns(row: dict) -> dict:
+    """Inverse of :func:`_to_columns`."""
+    return {**row, "scale": None if math.isnan(row["scale"]) else row["scale"],
+            "shift": None if math.isnan(row["shift"]) else row["shift"],
+            "inliers": None if row["inliers"] < 0 else row["inliers"]}
 
 
 def _maybe_crash() -> None:
@@ -229,11 +246,13 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     images, out = Path(images).resolve(), Path(out).resolve()
     if address and not ray.is_initialized():
         check_cluster(address)  # before any work: an unreachable or unauthorised cluster fails at once
-    model = load_model(model_spec)  # the driver's copy only fixes the teacher fingerprint
+    if settings.align is not None:
+        settings.align.check()
+    model = load_model(model_spec, max_depth=settings.max_depth)  # the driver's copy fixes the teacher fingerprint
     teacher = fingerprint(model, settings.as_dict())
+    meta = store_meta(model_spec, settings, images, model)
     del model
     store = LabelStore(out)
-    meta = {"model": str(model_spec), "settings": settings.as_dict(), "source_root": str(images)}
     todo, labels, done = plan(store, images, teacher, meta, overwrite)
     report = LabelReport(skipped=done)
     start = time.perf_counter()
@@ -261,7 +280,8 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = [r for r in block.to_pylist() if r["source"] not in committed]  # never commit a row twice
+            rows = [_from_columns(r) for r in block.to_pylist()
+                    if r["source"] not in committed]  # never commit a row twice
             store.append(rows)
             for r in rows:
                 committed.add(r["source"])
