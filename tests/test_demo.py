@@ -311,7 +311,7 @@ def test_bench_demo_results_tabulates_a_finished_run(quick_run, tmp_path, monkey
     teacher_target = metrics["teacher"]["target_test"]["abs_rel"]
     assert "`pseudodepth demo --ablation --quick --out run`" in text
     assert text.count(f"{teacher_target:.4f}") == 2  # the demo table and the ablation's teacher row
-    assert "| student |" in text and "CPU-minutes" in text and "No run collapsed" in text
+    assert "| student |" in text and "trained models of the run" in text and "No run collapsed" in text
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
