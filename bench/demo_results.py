@@ -33,6 +33,7 @@ def results_markdown(run: Path) -> str:
             raise SystemExit(f"{path}: missing; run `pseudodepth demo --ablation --out {run}` first "
                              f"(it writes {', '.join(needed)})")
     metrics, info, summary = (json.loads(path.read_text()) for path in needed.values())
+    summary["setup"] = ablation.setup_text(demo.load_settings(quick=info["quick"]))  # the shipped settings
     stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in info["seconds"].items())
     seed = info.get("seed", 0)
     first, last = training_span(run)
