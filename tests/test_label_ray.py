@@ -7,14 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import ray
 
 from conftest import make_awkward_folder
+from pseudodepth import label_ray
 from pseudodepth.imageio import read_png16
 from pseudodepth.label import LabelSettings, label_folder
 from pseudodepth.store import LabelStore, StoreError
-
-ray = pytest.importorskip("ray")
-label_ray = pytest.importorskip("pseudodepth.label_ray")
 
 
 @pytest.fixture(scope="session")
