@@ -106,3 +106,65 @@ def test_killed_actor_is_restarted_and_every_image_committed_once(tmp_path, loca
     for row in store.rows():
         assert row["status"] == "ok" and store.read_disparity(row).shape == (row["height"], row["width"])
     assert not list((tmp_path / "s").rglob(".tmp-*"))
+
+
+def test_actor_refuses_weights_with_another_fingerprint(tmp_path, tiny_model):
+    """What each actor checks on its node: its model must have the driver's teacher fingerprint."""
+    from pseudodepth.models import fingerprint
+
+    settings = LabelSettings()
+    teacher = fingerprint(tiny_model, settings.as_dict())
+    label_ray._Teacher("da-v2-tiny", settings, str(tmp_path / "s"), {}, teacher)  # the same weights: accepted
+    with pytest.raises(RuntimeError, match="teacher fingerprint .* but the driver's has 0123456789abcdef"):
+        label_ray._Teacher("da-v2-tiny", settings, str(tmp_path / "s"), {}, "0123456789abcdef")
+    with pytest.raises(RuntimeError, match="fingerprint"):  # same weights, other settings: another teacher
+        label_ray._Teacher("da-v2-tiny", LabelSettings(tta="flip"), str(tmp_path / "s"), {}, teacher)
+
+
+def test_exhausted_restarts_stop_the_run_and_rerunning_resumes(tmp_path, local_ray, monkeypatch):
+    """No restarts and no retries left: a crashed actor ends the run with an error; what was committed stays,
+    and the same command finishes the store with every image once."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    monkeypatch.setattr(label_ray, "MAX_ACTOR_RESTARTS", 0)
+    monkeypatch.setattr(label_ray, "MAX_BATCH_RETRIES", 0)
+    local_ray.write_text("crash the first batch that sees this file")
+    with pytest.raises(Exception) as err:
+        label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
+    assert not isinstance(err.value, AssertionError)
+    assert not local_ray.exists()
+    committed = LabelStore(tmp_path / "s").rows()
+    assert len(committed) < 6
+    report = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
+    assert (report.ok, report.skipped) == (6 - len(committed), len(committed))
+    rows = LabelStore(tmp_path / "s").rows()
+    assert sorted(r["source"] for r in rows) == [f"{i}.png" for i in range(6)]
+    assert all(r["status"] == "ok" for r in rows) and not list((tmp_path / "s").rglob(".tmp-*"))
+
+
+def test_cli_engine_ray(tmp_path, local_ray, monkeypatch, capsys):
+    from pseudodepth import label as local_engine
+    from pseudodepth.cli import main
+
+    def no_local(*args, **kwargs):
+        raise AssertionError("--engine ray ran the local engine")
+
+    monkeypatch.setattr(local_engine, "label_folder", no_local)
+    expect = make_awkward_folder(tmp_path / "imgs")
+    args = ["label", "--engine", "ray", "--model", "da-v2-tiny", "--images", str(tmp_path / "imgs"),
+            "--out", str(tmp_path / "s"), "--batch-size", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    ok = sum(s == "ok" for s in expect.values())
+    assert f"labelled {ok} ok, {len(expect) - ok} failed, 0 already done" in out.out
+    assert _statuses(tmp_path / "s") == expect
+    assert main(args + ["--actors", "5"]) == 0  # nothing left to do: no actors needed
+    assert "0 ok, 0 failed" in capsys.readouterr().out
+    shutil.copy(tmp_path / "imgs" / "plain.jpg", tmp_path / "imgs" / "more.jpg")
+    assert main(args + ["--actors", "5"]) == 2
+    assert "cannot run on a Ray cluster of 2 CPUs" in capsys.readouterr().err
