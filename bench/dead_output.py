@@ -1,12 +1,13 @@
-"""How often a student's output dies early (final ReLU off on the pseudo-labeled images), by feature-alignment weight.
+"""How often a student's output dies early (final ReLU off on the pseudo-labeled images), by feature-alignment
+weight and with / without the output anchor (``loss.output_anchor``, the fix).
 
-The demo's ablation found one student (seed 1, feature alignment at weight 1.0) whose output was 0 on
-every target pixel. This script trains the first ``--steps`` steps of the same student recipe (the
-learning-rate schedule of the full run, stopped early) for several seeds and feature-alignment
-weights, and tabulates ``unlabeled_zero_share`` from each run's ``log.csv``.
+An earlier demo recipe (a student from random weights aligned at weight 1.0 to the trained teacher's
+encoder) had students whose output was 0 on every target pixel. This script trains the first
+``--steps`` steps of a student recipe (the learning-rate schedule of the full run, stopped early)
+for several seeds, feature-alignment weights and anchor weights, and tabulates
+``unlabeled_zero_share`` from each run's ``log.csv``.
 
-    pseudodepth demo --ablation --out ablation_out
-    .venv/bin/python bench/dead_output.py --config ablation_out/ablation/seed1/row4/config.yaml
+    .venv/bin/python bench/dead_output.py --config RUN/student/config.yaml --anchors 0,1
 
 Writes ``bench/results/dead_output.md`` (see bench/collect.py).
 """
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--config", type=Path, required=True, help="a student run's config.yaml (the demo's, say)")
     ap.add_argument("--seeds", default="1,2,3,4,5")
     ap.add_argument("--weights", default="1.0,0.1", help="feature_alignment.weight values")
+    ap.add_argument("--anchors", default="0,1", help="loss.output_anchor values (0: no anchor)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dead_output.md")
     a = ap.parse_args()
@@ -67,30 +69,36 @@ def main() -> None:
     if base.get("mode") != "student":
         raise SystemExit(f"{a.config}: not a student config (mode: {base.get('mode')})")
     seeds, weights = [int(s) for s in a.seeds.split(",")], [float(w) for w in a.weights.split(",")]
+    anchors = [float(x) for x in a.anchors.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for weight in weights:
-            for seed in seeds:
-                config = {**base, "train": {**base["train"], "seed": seed},
-                          "feature_alignment": {**base["feature_alignment"], "enabled": True, "weight": weight}}
-                log = first_steps(config, a.steps, Path(tmp) / f"w{weight}_s{seed}")
-                shares, step = log["unlabeled_zero_share"], log["step"].astype(int)
-                dead = step[shares > DEAD_SHARE]
-                dead_at = int(dead[0]) if dead.size else None
-                rows.append((weight, seed, dead_at, float(shares[-1]), float(log["unlabeled_ssi"][-1]), int(step[-1])))
-                print(f"weight {weight} seed {seed}: dead at {dead_at}, zero share {shares[-1]:.3f} "
-                      f"at step {step[-1]}", flush=True)
+        for anchor in anchors:
+            for weight in weights:
+                for seed in seeds:
+                    config = {**base, "train": {**base["train"], "seed": seed},
+                              "loss": {**base["loss"], "output_anchor": anchor},
+                              "feature_alignment": {**base["feature_alignment"], "enabled": True, "weight": weight}}
+                    log = first_steps(config, a.steps, Path(tmp) / f"a{anchor}_w{weight}_s{seed}")
+                    shares, step = log["unlabeled_zero_share"], log["step"].astype(int)
+                    dead = step[shares > DEAD_SHARE]
+                    dead_at = int(dead[0]) if dead.size else None
+                    rows.append((anchor, weight, seed, dead_at, float(shares[-1]), float(log["unlabeled_ssi"][-1]),
+                                 int(step[-1])))
+                    print(f"anchor {anchor} weight {weight} seed {seed}: dead at {dead_at}, zero share "
+                          f"{shares[-1]:.3f} at step {step[-1]}", flush=True)
     lines = [f"Command: `.venv/bin/python bench/dead_output.py {shlex.join(sys.argv[1:])}`",
              f"Machine: {machine()}, {time.strftime('%Y-%m-%d')}", "",
-             "| feature_alignment.weight | seed | first logged step with > 99% zero output | zero share at the last "
-             "step | unlabeled SSI at the last step | last step |",
-             "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {w:g} | {s} | {d if d is not None else '-'} | {z:.3f} | {u:.3f} | {last} |"
-              for w, s, d, z, u, last in rows]
+             "| loss.output_anchor | feature_alignment.weight | seed | first logged step with > 99% zero output | "
+             "zero share at the last step | unlabeled SSI at the last step | last step |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {x:g} | {w:g} | {s} | {d if d is not None else '-'} | {z:.3f} | {u:.3f} | {last} |"
+              for x, w, s, d, z, u, last in rows]
     lines.append("")
-    for weight in weights:
-        dead = sum(1 for w, _, d, *_ in rows if w == weight and d is not None)
-        lines.append(f"- weight {weight:g}: {dead} of {len(seeds)} seeds had a dead output within {a.steps} steps.")
+    for anchor in anchors:
+        for weight in weights:
+            dead = sum(1 for x, w, _, d, *_ in rows if (x, w) == (anchor, weight) and d is not None)
+            lines.append(f"- output anchor {anchor:g}, weight {weight:g}: {dead} of {len(seeds)} seeds had a dead "
+                         f"output within {a.steps} steps.")
     write_table("\n".join(lines), a.out)
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def results_markdown(run: Path) -> str:
     """The demo's and the ablation's tables from the files a ``pseudodepth demo --ablation`` run wrote."""
-    from pseudodepth import demo
+    from pseudodepth import ablation, demo
 
     needed = {name: run / name for name in ("metrics.json", "run.json", "ablation.json")}
     for path in needed.values():
@@ -33,22 +33,23 @@ def results_markdown(run: Path) -> str:
             raise SystemExit(f"{path}: missing; run `pseudodepth demo --ablation --out {run}` first "
                              f"(it writes {', '.join(needed)})")
     metrics, info, summary = (json.loads(path.read_text()) for path in needed.values())
-    settings = demo.load_settings(quick=info["quick"])
     stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in info["seconds"].items())
+    seed = info.get("seed", 0)
     lines = [
         f"Command: `{summary['command']} --out {run.name}`, then `python bench/demo_results.py --run {run.name}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. The whole run took "
         f"{info['total_seconds'] / 60:.0f} min ({stages}) and {info['cpu_seconds'] / 60:.0f} CPU-minutes.",
         "",
-        "**The demo (`make demo`): student vs teacher.** Seed 0, the run the ablation's seed-0 rows reuse.",
+        f"**The demo (`make demo`): student vs teacher vs the image-blind map.** Seed {seed}, the run the "
+        "ablation's first seed reuses.",
         "",
         demo.metrics_table(metrics).markdown(),
         "",
-        "**Ablation: Depth Anything V1 Table 9 at small scale.** " + demo.ablation_setup(settings),
+        f"**Ablation on seeds {', '.join(map(str, summary['seeds']))}** (mean ± std over seeds). " + summary["setup"],
         "",
     ]
-    for table in demo.ablation_tables(summary):
+    for table in [ablation.goals(summary, summary["student_row"]), *ablation.tables(summary)]:
         lines += [table.markdown(), ""]
     lines += collapsed_runs(summary)
     return "\n".join(lines)
@@ -57,17 +58,15 @@ def results_markdown(run: Path) -> str:
 def collapsed_runs(summary: dict, share: float = 0.5) -> list[str]:
     """A sentence per trained run whose output is exactly 0 on more than ``share`` of the target test
     pixels (its final ReLU is off there): such a run drags its row's mean and must be read per seed."""
-    found = [(row, seed, scores) for row, entry in summary["rows"].items()
-             for seed, scores in entry["seeds"].items() if scores["zero_output_target"] > share]
+    found = [(name, seed, scores) for seed, rows in summary["per_seed"].items() for name, scores in rows.items()
+             if (scores.get("zero_output_target") or 0.0) > share]
     if not found:
-        return [f"No run collapsed (every run's output is non-zero on at least {100 * (1 - share):.0f}% of the "
-                "target test pixels).", ""]
-    lines = ["**Collapsed runs** (output exactly 0 on most target test pixels; the same trained model can appear "
-             "in several rows):", ""]
-    for row, seed, scores in found:
-        lines.append(f"- `{row}`, seed {seed}: zero on {100 * scores['zero_output_target']:.0f}% of the target "
-                     f"test pixels, target AbsRel {scores['target_test']['abs_rel']:.4f} "
-                     f"(model `{Path(scores['model']).parent.name}`)")
+        return [f"No run collapsed (every trained model's output is non-zero on at least {100 * (1 - share):.0f}% "
+                "of the target test pixels).", ""]
+    lines = ["**Collapsed runs** (output exactly 0 on most target test pixels):", ""]
+    for name, seed, scores in found:
+        lines.append(f"- `{name}`, seed {seed}: zero on {100 * scores['zero_output_target']:.0f}% of the target "
+                     f"test pixels, target AbsRel {scores['target_test']['abs_rel']:.4f}")
     return [*lines, ""]
 
 

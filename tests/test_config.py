@@ -103,6 +103,9 @@ def test_mode_rules(folder: Path) -> None:
     with pytest.raises(ConfigError, match="train.batch_size"):
         load_config(edited(folder, lambda d: (d.update(mode="student"), d["data"].update(unlabeled=store),
                                               d["train"].update(batch_size=1))))
+    with pytest.raises(ConfigError, match=r"train.batch_size = 8 cannot be split 1 : 2.*multiple of 3"):
+        load_config(edited(folder, lambda d: (d.update(mode="student"), d["data"].update(unlabeled=store),
+                                              d["train"].update(batch_size=8))))
     with pytest.raises(ConfigError, match="label_store"):
         load_config(edited(folder, lambda d: d["data"].update(labeled=store)))
 
@@ -117,6 +120,10 @@ def test_example_configs_parse(name: str) -> None:
         assert config.train.labeled_ratio == [1, 2] and config.loss.drop_top_ratio == 0.1
         assert config.train.precision == "bf16" and config.feature_alignment.margin == 0.85
         assert config.augment.cutmix_p == 0.5
+        assert config.train.batch_size % 3 == 0  # exactly 1 : 2, not 3 : 5 or 1 : 3
+        assert "dinov2_vit" in config.feature_alignment.frozen  # V1: align to the frozen DINOv2 encoder
+    if name.endswith(("_vits", "_vitb", "_vitl")):  # the paper starts teacher and student from DINOv2
+        assert "dinov2_vit" in config.model.encoder_from and "depth_anything" not in config.model.encoder_from
 
 
 @pytest.mark.parametrize(("edit", "key"), [

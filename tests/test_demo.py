@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pseudodepth import demo
+from pseudodepth import ablation, demo
 from pseudodepth import report as rp
 from pseudodepth.evaluate import evaluate
 
@@ -42,8 +42,8 @@ def test_shipped_settings_load_and_quick_shrinks_everything():
     # the student starts where the teacher started, and trains at least as long
     assert full.student["model"] == full.teacher["model"]
     assert full.student["train"]["steps"] >= full.teacher["train"]["steps"]
-    names = [row.name for row in demo.ablation_runs(full)]
-    assert names[0].startswith("teacher") and len(names) == len(set(names))
+    names = [row.name for row in ablation.plan(full)]
+    assert names[1].startswith("teacher") and len(names) == len(set(names))
 
 
 def test_settings_errors_name_the_file_and_key(tmp_path):
@@ -194,43 +194,6 @@ def test_filter_overlap_counts_dropped_pixels_among_the_worst():
 # --------------------------------------------------------------------------- ablation tables
 
 
-def scores(source, target, zero=0.0):
-    return {"source_test": {"abs_rel": source, "delta1": 0.5}, "target_test": {"abs_rel": target, "delta1": 0.6},
-            "zero_output_target": zero}
-
-
-def test_ablation_rows_come_from_the_settings():
-    settings = demo.load_settings()
-    settings.ablation = {"rows": [{"name": "teacher", "student": None}, {"name": "full", "student": {}}],
-                         "filter_ratios": [0.0, 0.2], "pool_sizes": [5, 10**9]}
-    rows = demo.ablation_runs(settings)
-    full_pool = settings.data["n_target_unlabeled"]
-    assert [(r.name, r.group, r.pool) for r in rows] == [
-        ("teacher", "cumulative", None), ("full", "cumulative", None), ("filter ratio 0", "filter", None),
-        ("filter ratio 0.2", "filter", None), ("5 unlabeled images", "pool", 5),
-        (f"{full_pool} unlabeled images", "pool", None)]
-    assert rows[3].student == {"loss": {"drop_top_ratio": 0.2}}
-
-
-def test_ablation_tables_mean_over_seeds():
-    summary = {"seeds": [0, 1], "command": "pseudodepth demo --ablation", "rows": {
-        "teacher (labeled source only)": {"group": "cumulative", "seeds": {"0": scores(0.2, 0.40), "1": scores(0.2, 0.60)}},
-        "+ pseudo-labeled target pool": {"group": "cumulative", "seeds": {"0": scores(0.2, 0.30), "1": scores(0.2, 0.50)}},
-        "filter ratio 0": {"group": "filter", "seeds": {"0": scores(0.1, 0.45), "1": scores(0.1, 0.55, 1.0)}},
-    }}
-    cumulative, ratios = demo.ablation_tables(summary)
-    assert [r[0] for r in cumulative.rows] == ["teacher (labeled source only)", "+ pseudo-labeled target pool"]
-    assert cumulative.rows[0][3] == "0.5000 (0.4000 / 0.6000)"
-    assert cumulative.rows[0][5] == "+0.0%" and cumulative.rows[1][5] == "-20.0%"
-    assert cumulative.header[-1] == "zero output (target)" and cumulative.rows[0][6] == "0% / 0%"
-    assert ratios.header[0] == "filter ratio (full recipe)"
-    assert ratios.rows == [["filter ratio 0", "0.1000 (0.1000 / 0.1000)", "0.500 (0.500 / 0.500)",
-                            "0.5000 (0.4500 / 0.5500)", "0.600 (0.600 / 0.600)", "+0.0%", "0% / 100%"]]
-    text = demo.ablation_markdown(summary, demo.load_settings())
-    assert text.startswith("# Ablation") and "`pseudodepth demo --ablation`" in text
-    assert cumulative.markdown() in text and ratios.markdown() in text
-
-
 # --------------------------------------------------------------------------- end to end (quick)
 
 
@@ -246,11 +209,13 @@ def quick_run(tmp_path_factory):
 def test_quick_demo_writes_metrics_and_report(quick_run):
     out, metrics, photos = quick_run
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert set(metrics) == {"teacher", "student"}
+    assert set(metrics) == {"blind", "teacher", "student"}
     settings = demo.load_settings(quick=True)
-    for name, model in metrics.items():  # the saved models, evaluated again through the public API
+    for name, model in metrics.items():
         assert set(model) == {"source_test", "target_test"}
-        for split, scores in model.items():
+        if name == "blind":
+            continue
+        for split, scores in model.items():  # the saved models, evaluated again through the public API
             again = evaluate({name: str(out / name / "final")}, f"folder:{out / 'data' / split}",
                              input_size=settings.input_size, progress=False)[name]
             assert scores == pytest.approx(again, rel=1e-6), (name, split)
@@ -304,29 +269,30 @@ def test_quick_demo_report_renders_in_chromium(quick_run):
 def test_quick_ablation_reuses_the_main_run(quick_run):
     out, metrics, _ = quick_run
     settings = demo.load_settings(quick=True)
-    settings.ablation = {"seeds": [0], "filter_ratios": [0.1], "pool_sizes": [3], "rows": [
-        {"name": "teacher (labeled source only)", "student": None},
+    settings.ablation = {**settings.ablation, "rows": [
         {"name": "+ pseudo-labeled target pool",
          "student": {"augment": {"strong": False, "cutmix_p": 0.0}, "loss": {"drop_top_ratio": 0.0},
                      "feature_alignment": {"enabled": False}}},
         {"name": "full recipe", "student": {}}]}
-    summary = demo.run_ablation(out, settings, progress=False,
-                                main_teacher=demo.Trained(out / "teacher" / "final", fresh=False),
-                                main_student=demo.Trained(out / "student" / "final", fresh=False))
-    rows = summary["rows"]
-    assert list(rows) == ["teacher (labeled source only)", "+ pseudo-labeled target pool", "full recipe",
-                          "filter ratio 0.1", "3 unlabeled images"]
-    main_student = str(out / "student" / "final")
-    assert rows["full recipe"]["seeds"]["0"]["model"] == main_student  # trained once, by the demo
-    assert rows["filter ratio 0.1"]["seeds"]["0"]["model"] == main_student
-    assert rows["teacher (labeled source only)"]["seeds"]["0"]["target_test"]["abs_rel"] == pytest.approx(
-        metrics["teacher"]["target_test"]["abs_rel"])
-    assert (out / "ablation" / "seed0" / "row1" / "final").is_dir()
-    assert rows["3 unlabeled images"]["seeds"]["0"]["model"] == str(out / "ablation" / "seed0" / "row4" / "final")
-    assert len(list((out / "ablation" / "seed0" / "pool3").iterdir())) == 3
-    assert json.loads((out / "ablation.json").read_text())["rows"].keys() == rows.keys()
+    reuse = {"teacher": demo.Trained(out / "teacher" / "final", fresh=False),
+             "student": demo.Trained(out / "student" / "final", fresh=False)}
+    summary = demo.run_ablation(out, settings, progress=False, reuse=reuse)
+    rows = summary["per_seed"]["0"]
+    names = [r.name for r in ablation.plan(settings)]
+    assert list(rows) == names and summary["student_row"] == "full recipe"
+    for model in ("teacher (labeled source only)", "full recipe"):  # the main run's models, not retrained
+        key = "teacher" if model.startswith("teacher") else "student"
+        assert rows[model]["target_test"]["abs_rel"] == pytest.approx(metrics[key]["target_test"]["abs_rel"])
+    assert rows["image-blind mean map"]["target_test"]["abs_rel"] == pytest.approx(
+        metrics["blind"]["target_test"]["abs_rel"])
+    assert (out / "teacher_matched" / "final").is_dir() and (out / "oracle" / "final").is_dir()
+    assert (out / "data" / "target_train" / "depth").is_dir() and (out / "data" / "target_val" / "depth").is_dir()
+    wrong = [n for n in names if n.startswith("wrong labels")]
+    assert len(wrong) == 2 and all("target_val" in rows[n] for n in wrong)
+    assert (out / "labels" / "target_unlabeled_wrong" / "manifest.parquet").is_file()
+    assert json.loads((out / "ablation.json").read_text())["per_seed"]["0"].keys() == rows.keys()
     text = (out / "ablation.md").read_text()
-    assert "+ pseudo-labeled target pool" in text and "unlabeled pool (full recipe)" in text
+    assert "+ pseudo-labeled target pool" in text and "chosen on target_val" in text
 
 
 def test_bench_demo_results_tabulates_a_finished_run(quick_run, tmp_path, monkeypatch):
@@ -336,9 +302,12 @@ def test_bench_demo_results_tabulates_a_finished_run(quick_run, tmp_path, monkey
 
     with pytest.raises(SystemExit, match="metrics.json: missing; run `pseudodepth demo --ablation"):
         demo_results.results_markdown(tmp_path)
-    summary = {"seeds": [0], "command": "pseudodepth demo --ablation --quick", "rows": {
-        "teacher": {"group": "cumulative", "seeds": {"0": {**metrics["teacher"], "zero_output_target": 0.0}}},
-        "student": {"group": "cumulative", "seeds": {"0": {**metrics["student"], "zero_output_target": 0.0}}}}}
+    per_seed = {name: {"group": "baselines" if name != "student" else "table9", **scores, "zero_output_target": 0.0}
+                for name, scores in (("image-blind mean map", metrics["blind"]),
+                                     ("teacher (labeled source only)", metrics["teacher"]),
+                                     ("student", metrics["student"]))}
+    summary = {"seeds": [0], "command": "pseudodepth demo --ablation --quick", "per_seed": {"0": per_seed},
+               "setup": "set-up", "student_row": "student"}
     run = tmp_path / "run"
     run.mkdir()
     for name in ("metrics.json", "run.json"):
@@ -349,7 +318,7 @@ def test_bench_demo_results_tabulates_a_finished_run(quick_run, tmp_path, monkey
     teacher_target = metrics["teacher"]["target_test"]["abs_rel"]
     assert "`pseudodepth demo --ablation --quick --out run`" in text
     assert text.count(f"{teacher_target:.4f}") == 2  # the demo table and the ablation's teacher row
-    assert "| student |" in text and "CPU-minutes" in text
+    assert "| student |" in text and "CPU-minutes" in text and "No run collapsed" in text
 
 
 def _mtimes(folder: Path) -> dict[str, int]:
@@ -373,7 +342,7 @@ def test_resume_reuses_finished_models_and_retrains_changed_ones(tmp_path):
     demo.run_demo(run, quick=True, photos=False, progress=False, resume=True)
     assert _mtimes(run / "student") == student_files
 
-    settings = demo.load_settings(quick=True)
+    settings = demo.with_seed(demo.load_settings(quick=True), 0)  # what run_demo trained (seed 0)
     name = "configs/demo_teacher.yaml"
     assert demo.train_recipe(settings.teacher, run, name=name, resume=True) == demo.Trained(
         run / "teacher" / "final", fresh=False)

@@ -205,17 +205,20 @@ def test_render_scene_is_deterministic_by_seed(domain):
     assert not np.array_equal(first[0], other[0]) and not np.array_equal(first[1], other[1])
 
 
-def test_both_domains_render_with_their_depth_ranges():
-    source = [render_scene("source", seed, (48, 48)) for seed in range(3)]
-    target = [render_scene("target", seed, (48, 48)) for seed in range(3)]
-    for rgb, depth, valid in source:  # closed rooms: every pixel hits a surface
-        assert valid.all() and 0.05 < depth.min() and depth.max() < DOMAINS["source"].max_depth
+def test_domains_render_with_their_depth_ranges_and_differ_in_appearance():
+    indoor = [render_scene("indoor", seed, (48, 48)) for seed in range(3)]
+    for rgb, depth, valid in indoor:  # closed rooms: every pixel hits a surface
+        assert valid.all() and 0.05 < depth.min() and depth.max() < DOMAINS["indoor"].max_depth
         assert rgb.std() > 5
-    assert sum((~valid).sum() for _, _, valid in target) > 0  # sky
-    for rgb, depth, valid in target:
-        assert valid.any() and depth[valid].max() <= DOMAINS["target"].max_depth
-        assert np.array_equal(valid, depth > 0)
-    assert np.mean([d[v].mean() for _, d, v in target]) > 2 * np.mean([d.mean() for _, d, _ in source])
+    scenes = {d: [render_scene(d, seed, (48, 48)) for seed in range(4)] for d in ("source", "target")}
+    for domain, rendered in scenes.items():  # outdoor: ground, objects and sky (invalid) in both domains
+        assert sum((~valid).sum() for _, _, valid in rendered) > 0
+        for rgb, depth, valid in rendered:
+            assert valid.any() and depth[valid].max() <= DOMAINS[domain].max_depth
+            assert np.array_equal(valid, depth > 0)
+    # the shift is in appearance: the target's cool, low light and haze make it bluer than the warm source
+    blue_minus_red = {d: np.mean([rgb[..., 2].mean() - rgb[..., 0].mean() for rgb, _, _ in r]) for d, r in scenes.items()}
+    assert blue_minus_red["target"] > blue_minus_red["source"] + 10
 
 
 def test_custom_domain_config_renders():

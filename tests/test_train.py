@@ -140,9 +140,12 @@ def test_dead_output_is_warned_about() -> None:
     from pseudodepth.train import dead_output_warning
 
     assert dead_output_warning({"step": 50, "unlabeled_zero_share": 0.5}) is None
-    assert dead_output_warning({"step": 5, "loss": 1.0}) is None  # a teacher has no such column
+    assert dead_output_warning({"step": 5, "loss": 1.0}) is None  # nothing logged about the output
     text = dead_output_warning({"step": 50, "unlabeled_zero_share": 1.0})
-    assert "step 50" in text and "100.0%" in text and "feature_alignment.weight" in text
+    assert "step 50" in text and "100.0%" in text and "loss.output_anchor" in text
+    assert "100.0%" in dead_output_warning({"step": 9, "zero_share": 1.0})  # a teacher logs zero_share
+    assert dead_output_warning({"step": 9, "zero_share": 1.0, "unlabeled_zero_share": 0.4}) is None  # student: its
+    # pseudo-labeled images decide (the labeled ones may be dead on their own for a few steps)
 
 
 def test_feature_alignment_to_another_encoder(tmp_path: Path) -> None:

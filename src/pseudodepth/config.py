@@ -14,7 +14,7 @@ Sections and their defaults (the Depth Anything V2 recipe)::
     mode: teacher | student
     model: {init: da-v2-small, encoder_from: null}
     data: {labeled: [{type: folder, root: ..., weight: 1.0}], unlabeled: [{type: label_store, root: ...}]}
-    loss: {ssi_weight: 1.0, gm_weight: 2.0, drop_top_ratio: 0.1, edge_aware: false}
+    loss: {ssi_weight: 1.0, gm_weight: 2.0, drop_top_ratio: 0.1, edge_aware: false, output_anchor: 1.0}
     augment: {strong: true, cutmix_p: 0.5, flip_p: 0.5, brightness: 0.5, ...}
     feature_alignment: {enabled: false, frozen: null, margin: 0.85, weight: 1.0}
     optim: {encoder_lr: 5.0e-6, decoder_lr_mult: 10, weight_decay: 0.01, betas: [0.9, 0.999],
@@ -70,6 +70,7 @@ class ModelConfig:
 
     init: str = "da-v2-small"
     encoder_from: str | None = None
+    init_seed: int | None = None  # a preset's random initialisation (None: the preset's fixed seed 0)
 
 
 @dataclass
@@ -82,12 +83,18 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    """``L = ssi_weight * L_ssi + gm_weight * L_gm``; pseudo-labels drop the top ``drop_top_ratio`` losses."""
+    """``L = ssi_weight * L_ssi + gm_weight * L_gm``; pseudo-labels drop the top ``drop_top_ratio`` losses.
+
+    ``output_anchor`` weighs ``losses.output_anchor_loss`` on the head's pre-activation output: it keeps
+    the final ReLU alive (SSI and GM are shift-invariant, so nothing else holds the output above 0)
+    and is 0 at every optimum the other terms can reach with a non-negative output (0 turns it off).
+    """
 
     ssi_weight: float = 1.0
     gm_weight: float = 2.0
     drop_top_ratio: float = 0.1
     edge_aware: bool = False
+    output_anchor: float = 1.0
 
 
 @dataclass
@@ -175,7 +182,8 @@ class TrainConfig:
                 if not f.metadata.get("internal")}
         data["data"] = {kind: [resolve_source(s, self.base_dir) for s in specs]
                         for kind, specs in data["data"].items()}
-        data["model"] = {k: resolve_model(v, self.base_dir) for k, v in data["model"].items()}
+        data["model"] = {k: (resolve_model(v, self.base_dir) if k in ("init", "encoder_from") else v)
+                         for k, v in data["model"].items()}
         frozen = data["feature_alignment"]["frozen"]
         data["feature_alignment"]["frozen"] = resolve_model(frozen, self.base_dir)
         data["train"]["out"] = str(self.out_dir)
@@ -352,7 +360,8 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
         _require(value > 0, file, key, f"must be > 0, got {value}")
     non_negative = {"train.workers": t.workers, "train.seed": t.seed, "optim.weight_decay": o.weight_decay,
                     "optim.warmup_steps": o.warmup_steps, "optim.power": o.power, "optim.grad_clip": o.grad_clip,
-                    "loss.gm_weight": loss.gm_weight, "feature_alignment.weight": fa.weight}
+                    "loss.gm_weight": loss.gm_weight, "loss.output_anchor": loss.output_anchor,
+                    "feature_alignment.weight": fa.weight}
     for key, value in non_negative.items():
         _require(value >= 0, file, key, f"must be >= 0, got {value}")
     probabilities = {"augment.cutmix_p": aug.cutmix_p, "augment.flip_p": aug.flip_p, "augment.jitter_p": aug.jitter_p,
@@ -377,6 +386,10 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
                  "needs a label store or shard export in student mode (run `pseudodepth label` first)")
         _require(t.batch_size >= 2, file, "train.batch_size",
                  f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
+        parts = sum(t.labeled_ratio) if len(t.labeled_ratio) == 2 else 1
+        _require(t.batch_size % parts == 0, file, "train.batch_size",
+                 f"= {t.batch_size} cannot be split {t.labeled_ratio[0]} : {t.labeled_ratio[1]} (labeled : unlabeled); "
+                 f"use a multiple of {parts}")
     else:
         _require(not config.data.unlabeled, file, "data.unlabeled",
                  "must be empty in teacher mode (the teacher trains on labeled data only); use mode: student")

@@ -9,12 +9,17 @@ Every stage runs the real command's code (``DIR`` is ``--out``)::
     5 eval     evaluate.evaluate          DIR/eval/{source_test, target_test}/
     6 report   report.Report              DIR/metrics.json, DIR/report.md, DIR/report.html, DIR/figures/
 
-The source domain (indoor rooms) has depth; the target domain (outdoor scenes with sky) has only
-images. The teacher never sees the target domain; the student sees the target pool through the
-teacher's pseudo-labels, with the recipe's strong perturbations, CutMix, top-10% loss filtering and
-feature alignment to the frozen teacher encoder. ``--ablation`` then trains the rows of Depth
-Anything V1's Table 9 (:func:`run_ablation`) and writes ``DIR/ablation.md``. ``--resume`` continues
-an interrupted run: finished models (same configuration) and label stores are reused.
+Both domains are outdoor scenes of the same kind (a ground plane to the horizon, sky, 10-20 objects
+within 25 m, depth valid to 30 m); they differ in appearance: the labeled *source* has a warm, high
+sun and warm objects (boxes, spheres, trees, crates); the unlabeled *target* a cool, low, harsh sun
+with long shadows, haze, bluish objects (poles, barrels, logs, buildings) and rolled cameras. The
+teacher never sees the target domain; the student sees the target pool through the teacher's
+pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
+to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
+random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
+teacher, an oracle), the rows of Depth Anything V1's Table 9 and the filter on wrong pseudo-labels
+(:mod:`pseudodepth.ablation`). ``--resume`` continues an interrupted run: finished models (same
+configuration) and label stores are reused.
 
 Settings are data: ``configs/demo.yaml`` (sizes, input size, figures, quick mode, ablation rows)
 and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_student.yaml``.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import resource
@@ -39,7 +45,9 @@ import numpy as np
 import torch
 import yaml
 
+from . import ablation
 from . import report as rp
+from .baselines import BlindMap
 from .colorize import colorize
 from .config import config_from_dict
 from .data.sources import folder as folder_source
@@ -51,6 +59,7 @@ from .losses import pseudo_label_terms
 from .metrics import align_least_squares
 from .models import load_model
 from .store import LabelStore
+from .ablation import run_ablation
 from .synth import make_demo_data
 from .train import train
 
@@ -60,7 +69,7 @@ ERROR_SCALE = 1.0  # per-pixel AbsRel at the top of the error colour scale
 MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
-QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train"}
+QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train", "ablation"}
 
 
 # --------------------------------------------------------------------------- settings
@@ -91,6 +100,7 @@ class DemoSettings:
     student: dict
     ablation: dict = field(default_factory=dict)
     quick: bool = False
+    seed: int = 0
 
 
 def _read_yaml(path: Path) -> dict:
@@ -133,6 +143,20 @@ def load_settings(quick: bool = False, config_dir: str | os.PathLike = CONFIG_DI
                         label_batch_size=int(raw["label_batch_size"]), examples=int(raw["figures"]["examples"]),
                         photos=int(raw["figures"]["photos"]), photos_to_label=raw["photos_to_label"], teacher=teacher, student=student,
                         ablation=raw["ablation"] or {}, quick=quick)
+
+
+SCENES_PER_SEED = 1_000_003  # demo seed s renders scene seeds from s * SCENES_PER_SEED: no scene is shared
+
+
+def with_seed(settings: DemoSettings, seed: int) -> DemoSettings:
+    """``settings`` with one seed driving everything random: the scenes (their seed range), both models'
+    initialisation (``model.init_seed``), data order, crops, perturbations and CutMix (``train.seed``)."""
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+    per_model = {"train": {"seed": seed}, "model": {"init_seed": seed}}
+    return dataclasses.replace(settings, data=dict(settings.data, seed=seed * SCENES_PER_SEED), seed=seed,
+                               teacher=deep_merge(settings.teacher, per_model),
+                               student=deep_merge(settings.student, per_model))
 
 
 def default_photos() -> Path | None:
@@ -236,10 +260,11 @@ def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSett
 
 
 def evaluate_models(models: dict[str, Any], data: Path, settings: DemoSettings, out: Path | None,
-                    progress: bool) -> dict[str, dict[str, dict[str, float]]]:
-    """``{model: {split: metrics}}`` on ``data/<split>`` for the test splits (``out/<split>/`` files)."""
+                    progress: bool, extra_splits: tuple[str, ...] = ()) -> dict[str, dict[str, dict[str, float]]]:
+    """``{model: {split: metrics}}`` on ``data/<split>`` for the test splits and ``extra_splits``
+    (``out/<split>/`` files)."""
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    for split in TEST_SPLITS:
+    for split in (*TEST_SPLITS, *extra_splits):
         scores = evaluate(models, f"folder:{data / split}", input_size=settings.input_size, progress=progress,
                           out_dir=None if out is None else out / split)
         for name in models:
@@ -391,7 +416,8 @@ def _photos_folder(photos: str | os.PathLike | bool | None) -> Path | None:
 
 
 def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation: bool = False,
-             photos: str | os.PathLike | bool | None = None, progress: bool = True, resume: bool = False) -> dict:
+             photos: str | os.PathLike | bool | None = None, progress: bool = True, resume: bool = False,
+             seed: int = 0, config_dir: str | os.PathLike = CONFIG_DIR) -> dict:
     """Run the whole loop into ``out``; returns ``metrics.json``'s content
     ``{"teacher": {split: {"abs_rel": .., "delta1": .., ...}}, "student": {...}}``.
 
@@ -400,10 +426,12 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
     pseudo-label for the pictures; None looks for ``../shared/data/photos``, False skips them.
     ``resume`` continues an interrupted run in ``out``: every model whose training finished with the
     same configuration is reused, label stores are continued; evaluation and the report are redone.
+    ``seed`` drives everything random (:func:`with_seed`); ``config_dir`` holds the three YAML files.
+    The image-blind baseline (:class:`pseudodepth.baselines.BlindMap`) is scored beside the models.
     """
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    settings = load_settings(quick)
+    settings = with_seed(load_settings(quick, config_dir), seed)
     photo_dir = _photos_folder(photos)
     stages = Stages(6 + (1 if ablation else 0), progress)
     stages.say(f"pseudodepth demo -> {out}" + (" (quick)" if quick else ""))
@@ -427,16 +455,17 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
                                resume=resume and not teacher.fresh)
     with stages("eval", f"teacher and student on {' and '.join(TEST_SPLITS)}"):
         models = {"teacher": load_model(teacher.final), "student": load_model(student.final)}
-        metrics = evaluate_models(models, out / "data", settings, out / "eval", progress)
+        blind = BlindMap.from_source(folder_source(folders["source_train"]))
+        metrics = evaluate_models({"blind": blind, **models}, out / "data", settings, out / "eval", progress)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     run = DemoRun(out, settings, folders, metrics, label_summary, photo_dir, photo_summary, stages.seconds)
     if ablation:
         with stages("ablation", "Table 9 rows (several teachers and students; this takes a while)"):
-            run.ablation = run_ablation(out, settings, progress, main_teacher=teacher, main_student=student,
+            run.ablation = run_ablation(out, settings, progress, reuse={"teacher": teacher, "student": student},
                                         resume=resume)
     with stages("report", "figures, report.md and report.html"):
         write_demo_report(run, models)
-    (out / "run.json").write_text(json.dumps({"quick": quick, "seconds": stages.seconds,
+    (out / "run.json").write_text(json.dumps({"quick": quick, "seed": seed, "seconds": stages.seconds,
                                               "total_seconds": time.perf_counter() - stages.start,
                                               "cpu_seconds": cpu_seconds(), "label": label_summary,
                                               "photos": photo_summary}, indent=2) + "\n")
@@ -445,36 +474,6 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
                f"({'student ahead' if student_target < teacher_target else 'student NOT ahead'}); "
                f"report: {out / 'report.html'}")
     return metrics
-
-
-# --------------------------------------------------------------------------- ablation
-
-
-@dataclass(frozen=True)
-class AblationRow:
-    """One trained-and-evaluated row: ``student`` overrides ``demo_student.yaml`` (None: the teacher itself);
-    ``pool`` keeps the first N images of the unlabeled pool (None: all); ``group`` names its table."""
-
-    name: str
-    student: dict | None
-    pool: int | None = None
-    group: str = "cumulative"
-
-
-GROUP_TITLES = {"cumulative": "", "filter": "filter ratio (full recipe)", "pool": "unlabeled pool (full recipe)"}
-
-
-def ablation_runs(settings: DemoSettings) -> list[AblationRow]:
-    """Every ablation row: the cumulative rows of ``ablation.rows``, then the full recipe at each of
-    ``filter_ratios`` and ``pool_sizes``. Rows equal to an earlier one are listed, but trained once."""
-    a = settings.ablation
-    rows = [AblationRow(r["name"], r.get("student")) for r in a.get("rows", [])]
-    rows += [AblationRow(f"filter ratio {ratio:g}", {"loss": {"drop_top_ratio": float(ratio)}}, group="filter")
-             for ratio in a.get("filter_ratios", [])]
-    full = settings.data["n_target_unlabeled"]
-    rows += [AblationRow(f"{min(n, full)} unlabeled images", {}, None if n >= full else int(n), group="pool")
-             for n in a.get("pool_sizes", [])]
-    return rows
 
 
 def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
@@ -490,117 +489,6 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
     return out
 
 
-def run_ablation(out: Path, settings: DemoSettings, progress: bool, main_teacher: Trained | None = None,
-                 main_student: Trained | None = None, resume: bool = False) -> dict:
-    """Train and evaluate every ablation row for every seed; writes ``out/ablation.json`` and ``out/ablation.md``.
-
-    Per seed ``s`` the whole chain is rerun with ``train.seed = s``: teacher, pseudo-labels, students
-    (the main run's teacher, labels and student are reused for the recipes' own seed). Rows with the
-    same recipe and pool are trained once. With ``resume`` finished models of an interrupted run are
-    reused (:func:`train_recipe`); students are retrained when their seed's teacher was.
-    """
-    main_seed = settings.student["train"]["seed"]
-    seeds = settings.ablation.get("seeds", [main_seed])
-    rows = ablation_runs(settings)
-    results: dict[str, dict] = {row.name: {"group": row.group, "seeds": {}} for row in rows}
-    pool_images = out / "data" / "target_unlabeled" / "images"
-    for seed in seeds:
-        base = out / "ablation" / f"seed{seed}"
-        reuse = seed == main_seed and main_teacher is not None
-        teacher = main_teacher if reuse else train_recipe(
-            settings.teacher, out, {"train": {"seed": seed, "out": str(base / "teacher")}},
-            name=f"configs/demo_teacher.yaml (ablation seed {seed})", resume=resume)
-        stores: dict[int | None, Path] = {None: out / "labels" / "target_unlabeled"} if reuse else {}
-        trained: dict[str, Trained] = {}
-        if reuse and main_student is not None:
-            trained[json.dumps([settings.student, None], sort_keys=True)] = main_student
-        for index, row in enumerate(rows):
-            if row.student is None:
-                model = teacher.final
-            else:
-                if row.pool not in stores:
-                    stores[row.pool] = base / (f"labels_pool{row.pool}" if row.pool else "labels")
-                    images = link_first_images(pool_images, row.pool, base / f"pool{row.pool}")
-                    pseudo_label(teacher, images, stores[row.pool], settings, progress)
-                recipe = deep_merge(settings.student, row.student)
-                key = json.dumps([recipe, row.pool], sort_keys=True)
-                if key not in trained:
-                    trained[key] = train_recipe(recipe, out, {
-                        "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.pool])}]},
-                        "feature_alignment": {"frozen": str(teacher.final)} if recipe["feature_alignment"]["frozen"]
-                        else {},
-                        "train": {"seed": seed, "out": str(base / f"row{index}")}},
-                        name=f"ablation row {row.name!r}, seed {seed}", resume=resume and not teacher.fresh)
-                model = trained[key].final
-            loaded = load_model(model)
-            scores = evaluate_models({row.name: loaded}, out / "data", settings, None, progress)[row.name]
-            zero = zero_output_share(loaded, out / "data" / "target_test", settings.input_size)
-            results[row.name]["seeds"][str(seed)] = {"model": str(model), "zero_output_target": zero, **scores}
-    summary = {"seeds": seeds, "rows": results,
-               "command": "pseudodepth demo --ablation" + (" --quick" if settings.quick else "")}
-    (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "ablation.md").write_text(ablation_markdown(summary, settings))
-    return summary
-
-
-def _mean_cell(per_seed: dict, split: str, metric: str, fmt: str) -> str:
-    values = [scores[split][metric] for scores in per_seed.values()]
-    cell = format(float(np.mean(values)), fmt)
-    return cell + (f" ({' / '.join(format(v, fmt) for v in values)})" if len(values) > 1 else "")
-
-
-def ablation_tables(summary: dict) -> list[rp.Table]:
-    """The ablation as one table per row group (cumulative rows, filter ratios, pool sizes): the mean over
-    seeds, each seed in brackets, and the target AbsRel change against the first row (the teacher)."""
-    header = ["source_test AbsRel ↓", "source_test δ1 ↑", "target_test AbsRel ↓", "target_test δ1 ↑",
-              "target AbsRel vs teacher", "zero output (target)"]
-    rows = summary["rows"]
-    first = next(iter(rows.values()))["seeds"]
-    teacher_target = np.mean([s["target_test"]["abs_rel"] for s in first.values()])
-    grouped: dict[str, list[list[str]]] = {}
-    for name, row in rows.items():
-        per_seed = row["seeds"]
-        target = np.mean([s["target_test"]["abs_rel"] for s in per_seed.values()])
-        grouped.setdefault(row["group"], []).append([
-            name, _mean_cell(per_seed, "source_test", "abs_rel", ".4f"), _mean_cell(per_seed, "source_test", "delta1", ".3f"),
-            _mean_cell(per_seed, "target_test", "abs_rel", ".4f"), _mean_cell(per_seed, "target_test", "delta1", ".3f"),
-            f"{100 * (target / teacher_target - 1):+.1f}%",
-            " / ".join(f"{100 * s['zero_output_target']:.0f}%" for s in per_seed.values())])
-    seeds = ", ".join(map(str, summary["seeds"]))
-    captions = {
-        "cumulative": f"Each row adds one lever to the row above. Mean over seeds {seeds}"
-                      + (" (each seed in brackets)." if len(summary["seeds"]) > 1 else "."),
-        "filter": "Top-n% loss filtering of the pseudo-labels (n = 0 keeps every pixel); the rest of the recipe as above.",
-        "pool": "How many unlabeled target images are pseudo-labeled (the first N of the pool); the rest as above.",
-    }
-    zero_note = (" Zero output: share of target test pixels where the network outputs exactly 0 (its final ReLU "
-                 "is off), per seed; near 100% means the output collapsed on the target domain.")
-    captions = {group: caption + zero_note for group, caption in captions.items()}
-    return [rp.Table([GROUP_TITLES.get(group, group), *header], table_rows, captions.get(group, ""))
-            for group, table_rows in grouped.items()]
-
-
-def ablation_setup(settings: DemoSettings) -> str:
-    """One paragraph saying what the ablation trained and how it was scored."""
-    d, t, s = settings.data, settings.teacher["train"], settings.student["train"]
-    return (f"Data: {d['n_source_train']} labeled source scenes (indoor), {d['n_target_unlabeled']} unlabeled target "
-            f"scenes (outdoor), tested on {d['n_source_test']} + {d['n_target_test']} held-out scenes. Model "
-            f"`{settings.teacher['model']['init']}`; teacher {t['steps']} steps x {t['batch_size']} images; each "
-            f"student {s['steps']} steps x {s['batch_size']} images (labeled : unlabeled = {s['labeled_ratio'][0]} : "
-            f"{s['labeled_ratio'][1]}), the same random initialisation as the teacher. Input size "
-            f"{settings.input_size}; AbsRel and δ1 after least-squares alignment in disparity space.")
-
-
-def ablation_markdown(summary: dict, settings: DemoSettings) -> str:
-    """``ablation.md``: the command, what was trained, and the tables (generated, never typed by hand)."""
-    lines = ["# Ablation: Depth Anything V1 Table 9 at small scale", "",
-             f"Command: `{summary['command']}` (written by `pseudodepth.demo.run_ablation`).", "",
-             ablation_setup(settings), ""]
-    for table in ablation_tables(summary):
-        lines += [table.markdown(), ""]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -609,23 +497,31 @@ def _fmt_metric(value: float, metric: str) -> str:
 
 
 def metrics_table(metrics: dict) -> rp.Table:
+    """Blind map, teacher and student per test split, with the student's change against the teacher and
+    the teacher's against the blind map (a model that does not beat the blind map learned no image cue)."""
     rows = []
     for split in TEST_SPLITS:
         for metric, arrow in (("abs_rel", "AbsRel ↓"), ("delta1", "δ1 ↑")):
+            b = metrics["blind"][split][metric] if "blind" in metrics else float("nan")
             t, s = metrics["teacher"][split][metric], metrics["student"][split][metric]
             better = s < t if metric == "abs_rel" else s > t
-            change = f"{100 * (s / t - 1):+.1f}%" if t else "n/a"
-            rows.append([f"`{split}`", arrow, _fmt_metric(t, metric),
-                         f"**{_fmt_metric(s, metric)}**" if better else _fmt_metric(s, metric), change])
-    return rp.Table(["test split", "metric", "teacher", "student", "student vs teacher"], rows,
-                    "Least-squares scale and shift in disparity space per image, then metrics in depth; mean over images.")
+            rows.append([f"`{split}`", arrow, _fmt_metric(b, metric), _fmt_metric(t, metric),
+                         f"**{_fmt_metric(s, metric)}**" if better else _fmt_metric(s, metric),
+                         f"{100 * (s / t - 1):+.1f}%" if t else "n/a",
+                         f"{100 * (t / b - 1):+.1f}%" if b == b and b else "n/a"])
+    return rp.Table(["test split", "metric", "image-blind map", "teacher", "student", "student vs teacher",
+                     "teacher vs blind"], rows,
+                    "Least-squares scale and shift in disparity space per image, then metrics in depth; mean over "
+                    "images. The image-blind map predicts the same map for every image (the mean normalised "
+                    "disparity of the labeled source scenes).")
 
 
 def _recipe_table(settings: DemoSettings) -> rp.Table:
     t, s = settings.teacher, settings.student
     fa = s["feature_alignment"]
     rows = [
-        ["model", f"`{t['model']['init']}` (random init)", f"`{s['model']['init']}` (the same random init)"],
+        ["model", f"`{t['model']['init']}` (random init, seed {t['model'].get('init_seed', 0)})",
+         f"`{s['model']['init']}` (the same random init)"],
         ["data", f"{settings.data['n_source_train']} labeled source scenes",
          f"the same + {settings.data['n_target_unlabeled']} pseudo-labeled target images"],
         ["steps x batch", f"{t['train']['steps']} x {t['train']['batch_size']}",
@@ -637,8 +533,8 @@ def _recipe_table(settings: DemoSettings) -> rp.Table:
                                                  f"{100 * s['loss']['drop_top_ratio']:g}% losses"],
         ["perturbations", "flips", ("colour jitter, grayscale, blur" if s["augment"]["strong"] else "none")
          + f"; CutMix p = {s['augment']['cutmix_p']:g}; flips"],
-        ["feature alignment", "-", (f"1 - cos to the frozen teacher encoder, margin {fa['margin']:g}"
-                                    if fa["enabled"] else "off")],
+        ["feature alignment", "-", (f"1 - cos to the frozen {'encoder ' + fa['frozen'] if fa['frozen'] else 'initial encoder'}, "
+                                    f"margin {fa['margin']:g}" if fa["enabled"] else "off")],
         ["learning rate", f"{t['optim']['encoder_lr']:g} (decoder x {t['optim']['decoder_lr_mult']:g}), "
                           f"{t['optim']['schedule']}", f"{s['optim']['encoder_lr']:g} (decoder x "
                                                        f"{s['optim']['decoder_lr_mult']:g}), {s['optim']['schedule']}"],
@@ -672,9 +568,10 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                f"{s_target:.4f} (student).")
     doc = rp.Report("pseudodepth demo: teacher -> pseudo-labels -> student", intro=[
         "Depth Anything's loop at toy scale, on this machine's CPU: a **teacher** trained on labeled scenes of "
-        "one domain (indoor rooms) pseudo-labels unlabeled images of another domain (outdoor scenes with sky); a "
-        "**student** trained on the labeled scenes plus those pseudo-labels is then compared with its teacher on "
-        "held-out scenes of both domains. " + verdict,
+        "one domain (sunny, warm outdoor scenes) pseudo-labels unlabeled images of a shifted domain (cool, low "
+        "sun, haze, other objects and cameras); a **student** trained on the labeled scenes plus those "
+        "pseudo-labels is then compared with its teacher and with an image-blind baseline on held-out scenes of "
+        "both domains. " + verdict,
         "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
                                                                if settings.quick else "")
         + "; `metrics.json` holds the numbers, `eval/` the per-image scores.",
@@ -691,7 +588,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
             f"{100 * zero['teacher']:.1f}%, student {100 * zero['student']:.1f}%." + collapse)
     doc.add("What the models see", rp.Figure(
         examples, "Held-out scenes (4 target, 2 source). Depth maps are disparity in Spectral_r (near = warm), "
-                  "each min-max scaled; ground truth is black where invalid (sky, beyond 60 m). Teacher error: "
+                  "each min-max scaled; ground truth is black where invalid (sky, beyond 30 m). Teacher error: "
                   f"per-pixel AbsRel after alignment, 0 (black) to {ERROR_SCALE:g} or more (yellow), grey where invalid. Dropped by the filter: the top "
                   f"{100 * ratio:g}% per-pixel SSI losses of the final student against the teacher's prediction, "
                   "i.e. what the V2 filter would ignore if the scene were in the unlabeled pool."),
@@ -717,15 +614,17 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                                           "on labeled source images, and the student's pseudo-label loss (after "
                                           "filtering) and feature-alignment term."),
             _recipe_table(settings),
-            "Nothing is pretrained here: the student starts from the same random initialisation as the teacher "
-            "(Depth Anything starts its student from a pretrained DINOv2 encoder, not from the teacher). Its feature "
-            "alignment pulls its encoder towards the frozen teacher encoder"
-            + (f"; it was active (some patch below the {fa['margin']:g} cosine margin) in "
+            "Nothing is pretrained here: teacher and student start from the same random initialisation (Depth "
+            "Anything starts both from a pretrained DINOv2 encoder; the student never starts from the teacher). "
+            "Feature alignment (V1: to the frozen encoder the student starts from)"
+            + (f" was active (some patch below the {fa['margin']:g} cosine margin) in "
                f"{100 * np.mean(logs['student']['feature_alignment'] > 0):.0f}% of the logged steps."
-               if fa["enabled"] else " (disabled in this recipe)."),
+               if fa["enabled"] else " is off in this recipe: with no pretrained encoder it has nothing semantic to "
+                                     "keep (the ablation measures it)."),
             f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
     if run.ablation is not None:
-        doc.add("Ablation (Table 9 at small scale)", *ablation_tables(run.ablation),
+        doc.add("Ablation: baselines, controls, Table 9 rows and wrong pseudo-labels on several seeds",
+                ablation.goals(run.ablation, run.ablation["student_row"]), *ablation.tables(run.ablation),
                 f"Command: `{run.ablation['command']}`; also written to `ablation.md`.")
     seconds = [[name, f"{sec:.0f}"] for name, sec in run.seconds.items()]
     doc.add("Run", rp.Table(["stage", "seconds"], seconds + [["total", f"{sum(run.seconds.values()):.0f}"]],
@@ -745,6 +644,8 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
                                            "scenes, with a report (about 10 minutes on 2 CPU cores)")
     p.add_argument("--out", default="demo_out", help="output folder (data, models, report.html, metrics.json)")
     p.add_argument("--quick", action="store_true", help="toy sizes: every stage in seconds (a smoke test)")
+    p.add_argument("--seed", type=int, default=0, help="one seed for everything random: scenes, initialisation, "
+                                                       "data order, augmentation (default 0)")
     p.add_argument("--ablation", action="store_true",
                    help="also train the rows of Depth Anything's Table 9 and write ablation.md (much longer)")
     p.add_argument("--resume", action="store_true",
@@ -758,7 +659,8 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    run_demo(args.out, quick=args.quick, ablation=args.ablation, photos=args.photos, resume=args.resume)
+    run_demo(args.out, quick=args.quick, ablation=args.ablation, photos=args.photos, resume=args.resume,
+             seed=args.seed)
     return 0
 
 

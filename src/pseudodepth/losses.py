@@ -450,6 +450,20 @@ def feature_alignment_loss(student_feats: Tensor, frozen_feats: Tensor, margin: 
 # --------------------------------------------------------------------------- CutMix (V1)
 
 
+def output_anchor_loss(pre_activation: Tensor) -> Tensor:
+    """Hinge that keeps a ReLU output alive: ``mean(max(0, -z))`` over every pixel of every image.
+
+    ``z`` is the head's last convolution before its final ReLU. The affine-invariant and gradient
+    matching losses do not change when the prediction is shifted, so nothing in them holds the
+    output level above 0; once ``z < 0`` on every pixel the ReLU passes no gradient and training
+    cannot recover (a "dead" output). This term is 0 whenever ``z >= 0`` everywhere and, because
+    every optimum of the shift-invariant losses can be shifted to ``z >= 0`` at no cost, it does not
+    move their optimum; where ``z < 0`` its gradient (-1 per pixel, divided by the pixel count)
+    lifts the output back into the ReLU's live range.
+    """
+    return torch.relu(-pre_activation.float()).mean()
+
+
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
     return low + (high - low) * torch.rand((), generator=generator).item()
 

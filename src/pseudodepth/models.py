@@ -130,9 +130,35 @@ def _official_pos_encoding(self, embeddings: torch.Tensor, height: int, width: i
     return torch.cat((pos[:, :1], grid), dim=1).to(self.position_embeddings.dtype)
 
 
+def head_outputs(head: torch.nn.Module, hidden_states: list[torch.Tensor], patch_height: int,
+                 patch_width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DPT head in float32 with autocast off: ``(pre_activation, depth)``, both B x H x W.
+
+    ``pre_activation`` is the last convolution's output before the final activation (ReLU for
+    relative models, sigmoid x ``max_depth`` for metric ones). Under bf16 autocast the head would
+    otherwise round the output to bf16: at the presets' initial output level (~1) a whole map then
+    holds a dozen distinct values and the gradient that reaches the last convolution is mostly
+    rounding noise. The encoder and neck keep the caller's precision; only the head (a small part
+    of the compute) is promoted.
+    """
+    device_type = hidden_states[head.head_in_index].device.type
+    with torch.autocast(device_type=device_type, enabled=False):
+        x = head.conv1(hidden_states[head.head_in_index].float())
+        x = F.interpolate(x, (int(patch_height * head.patch_size), int(patch_width * head.patch_size)),
+                          mode="bilinear", align_corners=True)
+        x = head.conv3(head.activation1(head.conv2(x)))
+        depth = head.activation2(x) * head.max_depth
+    return x.squeeze(1), depth.squeeze(1)
+
+
+def _fp32_head_forward(self, hidden_states: list[torch.Tensor], patch_height, patch_width) -> torch.Tensor:
+    return head_outputs(self, hidden_states, patch_height, patch_width)[1]
+
+
 def _finish(model: DepthAnythingForDepthEstimation, info: ModelInfo) -> DepthAnythingForDepthEstimation:
     emb = model.backbone.embeddings
     emb.interpolate_pos_encoding = types.MethodType(_official_pos_encoding, emb)
+    model.head.forward = types.MethodType(_fp32_head_forward, model.head)
     model.config.pseudodepth = asdict(info)
     return model.eval()
 
@@ -290,6 +316,14 @@ def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
     or a Hugging Face ``Dinov2Model`` folder (``facebook/dinov2-small`` downloaded by you).
     """
     path = Path(str(spec)).expanduser()
+    if path.is_file() and path.suffix == ".safetensors":  # an encoder state dict (save_encoder's format)
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+        if not any(k.startswith("embeddings.") for k in state):
+            raise ModelSpecError(f"{path}: not an encoder state dict (expected tensors named embeddings.*, "
+                                 "encoder.layer.*); save one with pseudodepth.models.save_encoder")
+        return state
     if path.is_file() and path.suffix in (".pth", ".pt"):
         state = strip_prefix(torch.load(path, map_location="cpu", weights_only=True))
         if "blocks.0.attn.qkv.weight" in state and "pretrained.cls_token" not in state:
@@ -307,6 +341,19 @@ def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
             return {k.removeprefix("dinov2."): v for k, v in load_file(path / "model.safetensors").items()
                     if not k.startswith("pooler")}
     return {k: v for k, v in load_model(spec, version="v2").backbone.state_dict().items()}
+
+
+def save_encoder(model, path: str | Path) -> Path:
+    """Write ``model``'s DINOv2 encoder (``model.backbone``'s state dict) as one safetensors file, the form a
+    pretrained encoder is shipped in; ``model.encoder_from`` / ``feature_alignment.frozen`` read it back."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backbone = getattr(model, "module", model).backbone
+    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}, str(path),
+              metadata={"pseudodepth": json.dumps(getattr(model.config, "pseudodepth", {}) or {})})
+    return path
 
 
 def model_info(model) -> ModelInfo:

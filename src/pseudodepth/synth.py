@@ -674,7 +674,19 @@ _MIN_DISTANCE = {"building": 12.0, "tree": 4.0}  # metres beyond the footprint, 
 
 DOMAINS: dict[str, DomainConfig] = {
     "source": DomainConfig(
-        name="source", layout="room",
+        name="source", layout="outdoor",
+        object_kinds={"box": 0.2, "sphere": 0.15, "tree": 0.2, "building": 0.1, "crate": 0.15, "boulder": 0.1,
+                      "stack": 0.1},
+        n_objects=(10, 20), object_distance=(1.5, 25.0),
+        floor_styles=("grass", "dirt", "field", "paving"),
+        object_patterns=("plain", "checkers", "stripes"), object_hue=(0.0, 0.17), object_saturation=(0.3, 0.75),
+        object_value=(0.45, 0.9),
+        fov_deg=(55.0, 75.0), camera_height=(1.0, 2.5), pitch_deg=(-15.0, 0.0),
+        light_colour=(1.05, 0.95, 0.8), light_elevation_deg=(45.0, 80.0), ambient_colour=(0.35, 0.32, 0.28),
+        haze=(0.0, 0.003), clouds=(0.0, 0.5), max_depth=30.0,
+    ),
+    "indoor": DomainConfig(
+        name="indoor", layout="room",
         object_kinds={"box": 0.4, "sphere": 0.3, "stack": 0.15, "table": 0.15}, n_objects=(3, 7),
         object_distance=(1.3, 7.0),
         floor_styles=("tiles", "planks", "carpet"), wall_styles=("paint", "wallpaper", "plaster", "bricks"),
@@ -686,13 +698,13 @@ DOMAINS: dict[str, DomainConfig] = {
         name="target", layout="outdoor",
         object_kinds={"building": 0.12, "tree": 0.2, "pole": 0.1, "boulder": 0.15, "crate": 0.13, "log": 0.1,
                       "barrel": 0.2},
-        n_objects=(8, 18), object_distance=(2.0, 50.0),
+        n_objects=(10, 20), object_distance=(1.5, 25.0),
         floor_styles=("grass", "dirt", "asphalt", "field", "paving"),
         object_patterns=("noise", "stripes", "checkers"), object_hue=(0.45, 0.75), object_saturation=(0.2, 0.6),
         object_value=(0.35, 0.8),
         fov_deg=(60.0, 90.0), camera_height=(0.8, 3.0), pitch_deg=(-12.0, 3.0), roll_deg=(-3.0, 3.0),
         light_colour=(1.15, 1.25, 1.45), light_elevation_deg=(12.0, 40.0), ambient_colour=(0.1, 0.13, 0.2),
-        haze=(0.004, 0.02), clouds=(0.0, 0.9), max_depth=60.0,
+        haze=(0.004, 0.02), clouds=(0.0, 0.9), max_depth=30.0,
     ),
 }
 

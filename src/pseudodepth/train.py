@@ -68,7 +68,8 @@ from pseudodepth import losses
 from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
 from pseudodepth.infer import autocast
-from pseudodepth.models import load_encoder_state, load_model, save_checkpoint
+from pseudodepth.models import PRESETS, head_outputs, load_encoder_state, load_model, save_checkpoint
+from pseudodepth.models import build_model as build_preset
 from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
 CHECKPOINT_PREFIX = "step_"
@@ -283,20 +284,35 @@ def patch_tokens(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tenso
     return backbone(pixel_values=pixel_values).feature_maps[-1][:, 1:]
 
 
-class DepthAndFeatures(nn.Module):
-    """What DDP wraps: depth for ``images`` and, optionally, encoder patch tokens of ``align_images``.
+@dataclass
+class Forward:
+    """One training forward pass: the head's output before and after its final activation (B x H x W,
+    float32) and, when asked, the encoder's last-layer patch tokens of images ``[align_from:]``."""
 
-    Both passes run inside one ``forward`` so DDP sees every use of the shared encoder weights.
+    pre_activation: torch.Tensor
+    depth: torch.Tensor
+    tokens: torch.Tensor | None
+
+
+class DepthAndFeatures(nn.Module):
+    """What DDP wraps: one pass of the network that returns depth and, from the same encoder pass,
+    the patch tokens that feature alignment compares (no second, clean encoder pass).
+
+    The head runs in float32 (``models.head_outputs``) whatever the autocast precision.
     """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, align_images: torch.Tensor | None = None):
-        depth = self.model(pixel_values=images).predicted_depth
-        feats = patch_tokens(self.model.backbone, align_images) if align_images is not None else None
-        return depth, feats
+    def forward(self, images: torch.Tensor, align_from: int | None = None) -> Forward:
+        model = self.model
+        maps = model.backbone(pixel_values=images).feature_maps
+        patch = model.config.patch_size
+        ph, pw = images.shape[-2] // patch, images.shape[-1] // patch
+        pre, depth = head_outputs(model.head, model.neck(maps, ph, pw), ph, pw)
+        tokens = maps[-1][align_from:, 1:] if align_from is not None else None
+        return Forward(pre, depth, tokens)
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -306,7 +322,10 @@ def build_model(config: TrainConfig) -> nn.Module:
     a model file or folder keeps its trained decoder.
     """
     init = resolve_model(config.model.init, config.base_dir)
-    model = load_model(init)
+    if config.model.init_seed is not None and init in PRESETS:
+        model = build_preset(*PRESETS[init], seed=config.model.init_seed, source=init)
+    else:
+        model = load_model(init)
     if config.model.encoder_from:
         load_encoder(model.backbone, config.model.encoder_from, "model.encoder_from", config)
     freeze_unused(model)
@@ -444,8 +463,8 @@ class CsvLog:
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
 
 
-TEACHER_COLUMNS = ["step", "loss", "labeled_loss", "labeled_ssi", "labeled_gm", "lr_encoder", "lr_decoder",
-                   "images_per_s"]
+TEACHER_COLUMNS = ["step", "loss", "labeled_loss", "labeled_ssi", "labeled_gm", "output_anchor", "zero_share",
+                   "lr_encoder", "lr_decoder", "images_per_s"]
 STUDENT_COLUMNS = TEACHER_COLUMNS[:5] + ["unlabeled_loss", "unlabeled_ssi", "unlabeled_gm", "dropped_share",
                                          "cutmix_area", "feature_alignment", "unlabeled_zero_share",
                                          ] + TEACHER_COLUMNS[5:]
@@ -455,12 +474,12 @@ DEAD_SHARE = 0.99  # unlabeled_zero_share above this: the output's final ReLU is
 def dead_output_warning(stats: dict[str, float]) -> str | None:
     """A warning when the student outputs exactly 0 on nearly every pseudo-labeled pixel: its final ReLU
     is off there and those images give no gradient until it recovers (if it does)."""
-    share = stats.get("unlabeled_zero_share", 0.0)
+    share = stats.get("unlabeled_zero_share", stats.get("zero_share", 0.0))
     if share <= DEAD_SHARE:
         return None
-    return (f"step {int(stats['step'])}: the student outputs 0 on {100 * share:.1f}% of the pseudo-labeled pixels "
-            "(its final ReLU is off there, so they give no gradient; some runs recover, some stay dead). Lower "
-            "optim.encoder_lr or feature_alignment.weight, or try another train.seed.")
+    return (f"step {int(stats['step'])}: the model outputs 0 on {100 * share:.1f}% of the training pixels "
+            "(its final ReLU is off there, so they give no gradient). loss.output_anchor (default 1.0) lifts "
+            "such outputs back; raise it if it was turned off or low, or lower optim.encoder_lr.")
 
 
 def average_over_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -477,12 +496,14 @@ def average_over_ranks(stats: dict[str, float], device: torch.device) -> dict[st
 
 
 def teacher_loss(net: nn.Module, labeled: dict, config: TrainConfig, ctx: Dist) -> tuple[torch.Tensor, dict]:
-    """Labeled images only: ``ssi_weight * L_ssi + gm_weight * L_gm`` (no filtering)."""
+    """Labeled images only: ``ssi_weight * L_ssi + gm_weight * L_gm`` (no filtering), plus the output anchor."""
     images, target, valid = (labeled[k].to(ctx.device, non_blocking=True) for k in ("image", "target", "valid"))
     with autocast(ctx.device, config.train.precision):
-        pred, _ = net(images)
-    loss, stats = labeled_term(pred.float(), target, valid, config)
-    return loss, {"loss": stats["loss"], **{f"labeled_{k}": v for k, v in stats.items()}}
+        out = net(images)
+    loss, stats = labeled_term(out.depth, target, valid, config)
+    loss, anchor = add_anchor(loss, out.pre_activation, config)
+    return loss, {"loss": float(loss.detach()), **{f"labeled_{k}": v for k, v in stats.items()},
+                  "output_anchor": anchor, "zero_share": float((out.depth.detach() == 0).float().mean())}
 
 
 def labeled_term(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, config: TrainConfig):
@@ -491,28 +512,39 @@ def labeled_term(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
     return w.ssi_weight * loss, {"loss": w.ssi_weight * stats["loss"], "ssi": stats["ssi"], "gm": stats["gm"]}
 
 
+def add_anchor(loss: torch.Tensor, pre_activation: torch.Tensor, config: TrainConfig) -> tuple[torch.Tensor, float]:
+    """``loss + loss.output_anchor * losses.output_anchor_loss(pre_activation)`` (see there: it keeps the
+    final ReLU alive without moving the optimum of the shift- and scale-invariant losses)."""
+    anchor = losses.output_anchor_loss(pre_activation)
+    if config.loss.output_anchor > 0:
+        loss = loss + config.loss.output_anchor * anchor
+    return loss, float(anchor.detach())
+
+
 def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabeled: dict, step: int,
                  config: TrainConfig, ctx: Dist) -> tuple[torch.Tensor, dict]:
     """One labeled + one unlabeled batch: perturb and CutMix the unlabeled images, filter their losses,
-    add feature alignment on the clean images."""
+    align the encoder's features of the images the student saw with the frozen encoder's."""
     w, aug = config.loss, config.augment
     generator = torch.Generator().manual_seed(step_seed(config.train.seed, step, ctx.rank, stream=1))
     # [0, 1] RGB: the unlabeled dataset skips normalisation so that the perturbations apply first.
     clean = unlabeled["image"].to(ctx.device, non_blocking=True)
     strong = strong_perturbation(clean, generator, aug.perturbation()) if aug.strong else clean
     n_u, _, height, width = clean.shape
-    mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p)
+    # CutMix pairs sample i with sample i - 1: with one unlabeled image that is itself, so no CutMix then.
+    mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p if n_u > 1 else 0.0)
     mixed = losses.apply_cutmix(strong, strong.roll(1, 0), mask)  # image b of sample i: sample i - 1
-
-    images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), normalize_imagenet(mixed)])
-    align = normalize_imagenet(clean) if config.feature_alignment.enabled else None
-    with autocast(ctx.device, config.train.precision):
-        pred, feats = net(images, align)
-        if align is not None:
-            with torch.no_grad():
-                reference = patch_tokens(frozen, align)
-    pred = pred.float()
     n_l = labeled["image"].shape[0]
+
+    unlabeled_input = normalize_imagenet(mixed)
+    images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), unlabeled_input])
+    align = config.feature_alignment.enabled
+    with autocast(ctx.device, config.train.precision):
+        out = net(images, align_from=n_l if align else None)
+        if align:
+            with torch.no_grad():  # the frozen encoder sees exactly the images the student saw
+                reference = patch_tokens(frozen, unlabeled_input)
+    pred = out.depth
 
     target, valid = labeled["target"].to(ctx.device), labeled["valid"].to(ctx.device)
     loss_l, stats_l = labeled_term(pred[:n_l], target, valid, config)
@@ -523,9 +555,10 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
                                          drop_ratio=w.drop_top_ratio, loss_fn=terms)
     loss_u = w.ssi_weight * loss_u
     loss = (n_l * loss_l + n_u * loss_u) / (n_l + n_u)
+    loss, anchor = add_anchor(loss, out.pre_activation, config)
     fa = torch.zeros((), device=ctx.device)
-    if align is not None:
-        fa = losses.feature_alignment_loss(feats.float(), reference.float(), config.feature_alignment.margin)
+    if align:
+        fa = losses.feature_alignment_loss(out.tokens.float(), reference.float(), config.feature_alignment.margin)
         loss = loss + config.feature_alignment.weight * fa
     return loss, {
         "loss": float(loss.detach()),
@@ -533,6 +566,7 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
         "unlabeled_loss": w.ssi_weight * stats_u["loss"], "unlabeled_ssi": stats_u["ssi"],
         "unlabeled_gm": stats_u["gm"], "dropped_share": stats_u["dropped_share"],
         "cutmix_area": stats_u["cutmix_area"], "feature_alignment": float(fa.detach()),
+        "output_anchor": anchor, "zero_share": float((pred.detach() == 0).float().mean()),
         "unlabeled_zero_share": float((pred[n_l:].detach() == 0).float().mean()),
     }
 

@@ -1,0 +1,301 @@
+"""``pseudodepth demo --ablation``: the evidence behind the demo, on several seeds.
+
+For every seed the whole chain is rerun with :func:`pseudodepth.demo.with_seed` (new scenes, new
+initialisation, new data order) and these models are trained and scored on the test splits:
+
+- **baselines**: the image-blind mean map (:class:`pseudodepth.baselines.BlindMap`) and the teacher;
+- **controls**: a *compute-matched teacher* (the teacher recipe run for as many images as teacher
+  and student saw together: does the student win only by training longer?) and an *oracle* (the
+  teacher recipe on as many labeled *target* scenes: the ceiling of this model and budget);
+- **Table 9 rows** of Depth Anything V1: each adds one lever to the row above (``ablation.rows``);
+- **wrong pseudo-labels**: the teacher's labels with regions replaced by wrong depth
+  (:func:`wrong_regions`), a student per top-n% filter ratio, and the ratio chosen on a held-out
+  labeled target *validation* split (never the test split).
+
+``out/ablation.json`` holds every score; ``out/ablation.md`` the tables (mean ± std over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import report as rp
+from .baselines import BlindMap
+from .data.sources import folder as folder_source
+from .models import load_model
+from .store import LabelStore
+from .synth import write_domain
+
+EXTRA_SCENES = 300_000  # offset of the oracle / validation scenes inside a seed's scene range (< SCENES_PER_SEED / 3)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scored model of a seed. ``kind``: blind | teacher | student; ``overrides`` are merged over the
+    teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean | wrong)."""
+
+    name: str
+    group: str
+    kind: str
+    overrides: dict | None = None
+    labels: str = "clean"
+
+
+def plan(settings) -> list[Row]:
+    """Every row of the ablation, from ``settings.ablation`` (configs/demo.yaml)."""
+    a = settings.ablation
+    t, s = settings.teacher["train"], settings.student["train"]
+    matched = round((t["steps"] * t["batch_size"] + s["steps"] * s["batch_size"]) / t["batch_size"])
+    rows = [Row("image-blind mean map", "baselines", "blind"),
+            Row("teacher (labeled source only)", "baselines", "teacher", {})]
+    rows += [Row(r["name"], "table9", "student", r["student"]) for r in a.get("rows", [])]
+    if a.get("compute_matched", True):
+        rows.append(Row(f"compute-matched teacher ({matched} steps)", "controls", "teacher",
+                        {"train": {"steps": matched, "out": "teacher_matched"}}))
+    if a.get("oracle", True):
+        rows.append(Row(f"oracle: teacher recipe on {settings.data['n_source_train']} labeled target scenes",
+                        "controls", "teacher",
+                        {"data": {"labeled": [{"type": "folder", "root": "data/target_train"}]},
+                         "train": {"out": "oracle"}}))
+    wrong = a.get("wrong_labels") or {}
+    for ratio in wrong.get("ratios", []):
+        train = {"out": f"student_wrong_{ratio:g}", **({"steps": int(wrong["steps"])} if "steps" in wrong else {})}
+        rows.append(Row(f"wrong labels, filter ratio {ratio:g}", "wrong_labels", "student",
+                        {"loss": {"drop_top_ratio": float(ratio)}, "train": train}, labels="wrong"))
+    return rows
+
+
+# --------------------------------------------------------------------------- wrong pseudo-labels
+
+
+def wrong_regions(disparity: np.ndarray, area: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``disparity`` with rectangles replaced by wrong depth until ``area`` of the pixels is wrong;
+    returns ``(corrupted, wrong_mask)``.
+
+    Each rectangle (sides 15-40% of the image's) gets, with equal chance, a patch of the same map
+    copied from another place (plausible structure in the wrong place, like a hallucinated object)
+    or its own values mirrored (``max + min - d``: near and far swapped, like a misread surface).
+    """
+    d = np.array(disparity, dtype=np.float32, copy=True)
+    height, width = d.shape
+    wrong = np.zeros(d.shape, bool)
+    low, high = float(np.nanmin(d)), float(np.nanmax(d))
+    for _ in range(100):
+        if wrong.mean() >= area:
+            break
+        h = max(1, int(height * rng.uniform(0.15, 0.4)))
+        w = max(1, int(width * rng.uniform(0.15, 0.4)))
+        y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        if rng.random() < 0.5:
+            sy, sx = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+            d[y:y + h, x:x + w] = disparity[sy:sy + h, sx:sx + w]
+        else:
+            d[y:y + h, x:x + w] = high + low - disparity[y:y + h, x:x + w]
+        wrong[y:y + h, x:x + w] = True
+    return d, wrong
+
+
+def corrupt_store(source: Path, out: Path, area: float, seed: int) -> Path:
+    """A copy of the label store ``source`` at ``out`` whose every label went through :func:`wrong_regions`."""
+    clean, corrupted = LabelStore(source), LabelStore(out)
+    meta = clean.meta()
+    fingerprint = f"{meta['teacher']}-wrong{area:g}-{seed}"
+    if corrupted.meta().get("teacher") == fingerprint and corrupted.rows():
+        return out
+    corrupted.open_for(fingerprint, {**{k: v for k, v in meta.items() if k != "teacher"},
+                                     "wrong_regions": {"area": area, "seed": seed}}, overwrite=True)
+    rng = np.random.default_rng([seed, 7])
+    rows = []
+    for row in clean.rows("ok"):
+        disparity, _ = wrong_regions(clean.read_disparity(row), area, rng)
+        low, high = corrupted.write_label(row["label"], disparity)
+        rows.append({**row, "min": low, "max": high, "teacher": fingerprint})
+    corrupted.append(rows)
+    corrupted.consolidate()
+    return out
+
+
+# --------------------------------------------------------------------------- running
+
+
+def extra_splits(root: Path, settings) -> dict[str, Path]:
+    """Labeled *target* scenes the main demo does not need: ``target_train`` (the oracle's data, as many as
+    the labeled source scenes) and ``target_val`` (choosing the filter ratio). Reused when present."""
+    d, a = settings.data, settings.ablation
+    wanted = {"target_train": d["n_source_train"], "target_val": int((a.get("wrong_labels") or {}).get("n_val", 100))}
+    folders = {}
+    for offset, (name, count) in enumerate(wanted.items()):
+        folder = root / name
+        marker = folder / "scenes.json"
+        spec = json.dumps({"count": count, "seed0": d["seed"] + EXTRA_SCENES * (offset + 1), "size": list(d["size"])})
+        if not (marker.is_file() and marker.read_text() == spec):
+            write_domain(folder, "target", count, d["seed"] + EXTRA_SCENES * (offset + 1), tuple(d["size"]),
+                         workers=d.get("workers", 1))
+            marker.write_text(spec)
+        folders[name] = folder
+    return folders
+
+
+def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, resume: bool = False) -> dict[str, dict]:
+    """Train and score every row of :func:`plan` for ``settings.seed`` under ``out``; ``reuse`` maps
+    ``"teacher"`` / ``"student"`` to models already trained with exactly these settings (the main run)."""
+    from .demo import deep_merge, evaluate_models, generate_data, pseudo_label, train_recipe, zero_output_share
+
+    reuse = reuse or {}
+    folders = generate_data(out, settings.data)
+    extra = extra_splits(out / "data", settings)
+    teacher = reuse.get("teacher") or train_recipe(settings.teacher, out, name="teacher recipe", resume=resume)
+    stores = {"clean": out / "labels" / "target_unlabeled"}
+    if "teacher" not in reuse:
+        pseudo_label(teacher, folders["target_unlabeled"], stores["clean"], settings, progress)
+    wrong = settings.ablation.get("wrong_labels") or {}
+    if wrong.get("ratios"):
+        stores["wrong"] = corrupt_store(stores["clean"], out / "labels" / "target_unlabeled_wrong",
+                                        float(wrong.get("area", 0.25)), settings.seed)
+    results: dict[str, dict] = {}
+    for row in plan(settings):
+        if row.kind == "blind":
+            model = BlindMap.from_source(folder_source(folders["source_train"]))
+        elif row.kind == "teacher":
+            trained = teacher if not row.overrides else train_recipe(settings.teacher, out, row.overrides,
+                                                                     name=row.name, resume=resume)
+            model = load_model(trained.final)
+        else:
+            overrides = deep_merge(row.overrides or {}, {
+                "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
+            if row.overrides == {} and row.labels == "clean" and "student" in reuse:
+                trained = reuse["student"]
+            else:
+                overrides.setdefault("train", {}).setdefault("out", f"ablation_{len(results)}")
+                trained = train_recipe(settings.student, out, overrides, name=row.name,
+                                       resume=resume and not teacher.fresh)
+            model = load_model(trained.final)
+        splits = ("target_val",) if row.group == "wrong_labels" else ()
+        scores = evaluate_models({row.name: model}, out / "data", settings, None, progress,
+                                 extra_splits=splits)[row.name]
+        if row.kind != "blind":
+            scores["zero_output_target"] = zero_output_share(model, out / "data" / "target_test",
+                                                             settings.input_size)
+        results[row.name] = {"group": row.group, **scores}
+    return results
+
+
+def run_ablation(out: Path, settings, progress: bool, reuse: dict | None = None, resume: bool = False) -> dict:
+    """Every seed of ``ablation.seeds``: seed ``settings.seed`` in ``out`` (reusing the main run's models),
+    the others under ``out/ablation/seed<N>``. Writes ``out/ablation.json`` and ``out/ablation.md``."""
+    from .demo import with_seed
+
+    seeds = [int(s) for s in settings.ablation.get("seeds", [settings.seed])]
+    per_seed = {}
+    for seed in seeds:
+        main = seed == settings.seed
+        base = out if main else out / "ablation" / f"seed{seed}"
+        per_seed[str(seed)] = run_seed(base, with_seed(settings, seed), progress, reuse if main else None, resume)
+        summary = {"seeds": seeds, "per_seed": per_seed, "setup": setup_text(settings), "student_row": student_row(settings),
+                   "command": "pseudodepth demo --ablation" + (" --quick" if settings.quick else "")}
+        (out / "ablation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "ablation.md").write_text(markdown(summary))
+    return summary
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _values(summary: dict, name: str, split: str, metric: str) -> list[float]:
+    return [rows[name][split][metric] for rows in summary["per_seed"].values() if name in rows]
+
+
+def mean_std(values: list[float], fmt: str = ".4f") -> str:
+    """``mean ± std`` (sample std over seeds; just the value for one seed)."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(float(np.mean(values)), fmt)} ± {format(float(np.std(values, ddof=1)), fmt)}"
+
+
+def _teacher_name(summary: dict) -> str:
+    first = next(iter(summary["per_seed"].values()))
+    return next(name for name, row in first.items() if row["group"] == "baselines" and name.startswith("teacher"))
+
+
+def tables(summary: dict) -> list[rp.Table]:
+    """Mean ± std over seeds per row group; per-seed ratios to the teacher; the filter choice on validation."""
+    first = next(iter(summary["per_seed"].values()))
+    teacher = _teacher_name(summary)
+    seeds = list(summary["per_seed"])
+    out = []
+    header = ["target_test AbsRel ↓", "target_test δ1 ↑", "source_test AbsRel ↓",
+              f"target AbsRel / teacher (seeds {', '.join(seeds)})", "zero output (target)"]
+    titles = {"baselines": "baselines", "table9": "Table 9 rows (each adds one lever)",
+              "controls": "controls", "wrong_labels": "wrong pseudo-labels"}
+    for group, title in titles.items():
+        names = [n for n, r in first.items() if r["group"] == group]
+        if not names:
+            continue
+        rows = []
+        for name in names:
+            ratio = [a / b for a, b in zip(_values(summary, name, "target_test", "abs_rel"),
+                                           _values(summary, teacher, "target_test", "abs_rel"))]
+            zero = [rows_[name].get("zero_output_target") for rows_ in summary["per_seed"].values()]
+            rows.append([name, mean_std(_values(summary, name, "target_test", "abs_rel")),
+                         mean_std(_values(summary, name, "target_test", "delta1"), ".3f"),
+                         mean_std(_values(summary, name, "source_test", "abs_rel")),
+                         " / ".join(f"{r:.3f}" for r in ratio),
+                         "-" if zero[0] is None else " / ".join(f"{100 * z:.0f}%" for z in zero)])
+        out.append(rp.Table([title, *header], rows))
+    wrong = [n for n, r in first.items() if r["group"] == "wrong_labels"]
+    if wrong:
+        rows = []
+        for seed, per in summary["per_seed"].items():
+            chosen = min(wrong, key=lambda n: per[n]["target_val"]["abs_rel"])
+            rows.append([seed, *[f"{per[n]['target_val']['abs_rel']:.4f}" for n in wrong], chosen,
+                         f"{per[chosen]['target_test']['abs_rel']:.4f}"])
+        out.append(rp.Table(["seed", *[f"val AbsRel: {n.split('ratio ')[-1]}" for n in wrong],
+                             "chosen on target_val", "its target_test AbsRel"], rows,
+                            "The filter ratio is chosen on the labeled target validation split, never on the test split."))
+    return out
+
+
+def goals(summary: dict, student: str) -> rp.Table:
+    """Per seed: teacher / blind and student / teacher on target_test, student / teacher on source_test."""
+    teacher = _teacher_name(summary)
+    rows = []
+    for seed, per in summary["per_seed"].items():
+        t, s, b = per[teacher], per[student], per["image-blind mean map"]
+        matched = next((r for n, r in per.items() if n.startswith("compute-matched")), None)
+        rows.append([seed, f"{t['target_test']['abs_rel'] / b['target_test']['abs_rel']:.3f}",
+                     f"{s['target_test']['abs_rel'] / t['target_test']['abs_rel']:.3f}",
+                     "-" if matched is None else f"{s['target_test']['abs_rel'] / matched['target_test']['abs_rel']:.3f}",
+                     f"{s['source_test']['abs_rel'] / t['source_test']['abs_rel']:.3f}"])
+    return rp.Table(["seed", "teacher / blind (target)", "student / teacher (target)",
+                     "student / compute-matched teacher (target)", "student / teacher (source)"], rows,
+                    f"AbsRel ratios; the student is {student!r}.")
+
+
+def setup_text(settings) -> str:
+    d, t, s = settings.data, settings.teacher, settings.student
+    return (f"Per seed: {d['n_source_train']} labeled source scenes, {d['n_target_unlabeled']} unlabeled target "
+            f"images, {d['n_source_test']} + {d['n_target_test']} test scenes ({d['size'][0]} x {d['size'][1]}); "
+            f"model `{t['model']['init']}`; teacher {t['train']['steps']} steps x {t['train']['batch_size']}; each "
+            f"student {s['train']['steps']} steps x {s['train']['batch_size']} (labeled : unlabeled = "
+            f"{s['train']['labeled_ratio'][0]} : {s['train']['labeled_ratio'][1]}); input size {settings.input_size}. "
+            "Scored with least-squares scale and shift in disparity per image, metrics in depth.")
+
+
+def student_row(settings) -> str:
+    """The name of the Table 9 row that is the demo's own student (``student: {}`` in ``ablation.rows``)."""
+    return next((r["name"] for r in settings.ablation.get("rows", []) if r["student"] == {}),
+                settings.ablation.get("rows", [{"name": "-"}])[-1]["name"])
+
+
+def markdown(summary: dict) -> str:
+    """``ablation.md``: the command, the set-up and every table (generated, never typed by hand)."""
+    lines = ["# Ablation: the method's evidence on several seeds", "",
+             f"Command: `{summary['command']}` (written by `pseudodepth.ablation.run_ablation`).", "",
+             summary["setup"], ""]
+    for table in [goals(summary, summary["student_row"]), *tables(summary)]:
+        lines += [table.markdown(), ""]
+    return "\n".join(lines)

@@ -1,0 +1,249 @@
+"""The training numerics and the demo's evidence: fp32 head under bf16, the output anchor against a dead
+ReLU, one encoder pass for depth and alignment, the seed, the image-blind baseline, wrong pseudo-labels
+and the ablation tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pseudodepth import ablation, demo, losses
+from pseudodepth.baselines import BlindMap, normalized_disparity
+from pseudodepth.config import config_from_dict
+from pseudodepth.models import build_model, head_outputs
+from pseudodepth.train import DepthAndFeatures, Dist, patch_tokens, teacher_loss
+
+CPU = Dist(0, 1, torch.device("cpu"))
+
+
+# --------------------------------------------------------------------------- bf16: the head runs in fp32
+
+
+def test_bf16_training_output_keeps_fp32_resolution_and_the_fp32_gradient():
+    """Under bf16 autocast the head computes exactly what it computes in fp32 from the same features:
+    the output keeps its resolution (a bf16 map at the preset's initial level ~1 holds about a dozen
+    values) and the loss gradient on the last convolution is the fp32 one."""
+    torch.manual_seed(0)
+    model = build_model("v2", "tiny").train()
+    x, target = torch.randn(2, 3, 56, 56), torch.rand(2, 56, 56) + 0.1
+    valid = torch.ones_like(target, dtype=torch.bool)
+    with torch.no_grad():
+        features = [h.detach() for h in model.neck(model.backbone(pixel_values=x).feature_maps, 4, 4)]
+
+    def head_grad(bf16: bool, promoted: bool):
+        model.zero_grad()
+        head = model.head
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if promoted:
+                depth = head_outputs(head, features, 4, 4)[1]
+            else:  # transformers' head as it runs under autocast without the promotion
+                y = nn.functional.interpolate(head.conv1(features[-1]), (56, 56), mode="bilinear", align_corners=True)
+                depth = head.activation2(head.conv3(head.activation1(head.conv2(y)))).squeeze(1).float()
+        losses.affine_invariant_loss(depth, target, valid).backward()
+        return depth.detach(), head.conv3.weight.grad.flatten().clone()
+
+    fp32, g32 = head_grad(False, True)
+    promoted, g_promoted = head_grad(True, True)
+    rounded, g_rounded = head_grad(True, False)
+    assert all(torch.unique(d).numel() < 50 for d in rounded)  # the defect: a dozen distinct values
+    assert all(torch.unique(d).numel() > 1000 for d in promoted)
+    torch.testing.assert_close(promoted, fp32)
+    assert nn.functional.cosine_similarity(g_promoted, g32, dim=0) > 0.9999
+    assert nn.functional.cosine_similarity(g_rounded, g32, dim=0) < 0.99  # what the promotion fixes
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inference = model(pixel_values=x).predicted_depth
+        training = DepthAndFeatures(model)(x).depth
+    assert inference.dtype == training.dtype == torch.float32
+    assert all(torch.unique(d).numel() > 1000 for d in inference)
+
+
+def test_training_forward_is_the_model_forward_with_pre_activation():
+    model = build_model("v2", "tiny").eval()
+    x = torch.randn(3, 3, 42, 56)
+    with torch.no_grad():
+        out = DepthAndFeatures(model)(x, align_from=1)
+        reference = model(pixel_values=x).predicted_depth
+        tokens = patch_tokens(model.backbone, x[1:])
+    torch.testing.assert_close(out.depth, reference)
+    torch.testing.assert_close(out.depth, torch.relu(out.pre_activation))
+    torch.testing.assert_close(out.tokens, tokens)  # the alignment features of the same pass
+
+
+def test_depth_and_alignment_features_come_from_one_encoder_pass():
+    model = build_model("v2", "tiny")
+    calls = []
+    model.backbone.register_forward_hook(lambda *_: calls.append(1))
+    DepthAndFeatures(model)(torch.randn(4, 3, 28, 28), align_from=2)
+    assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- the output anchor
+
+
+def test_output_anchor_loss_matches_its_definition():
+    z = torch.randn(3, 7, 5) * 2
+    reference = sum(max(0.0, -float(v)) for v in z.flatten()) / z.numel()
+    assert float(losses.output_anchor_loss(z)) == pytest.approx(reference, rel=1e-6)
+    assert float(losses.output_anchor_loss(z.abs())) == 0.0  # a live output costs nothing
+    assert float(losses.output_anchor_loss(torch.zeros(2, 3, 3))) == 0.0
+
+
+def _teacher_config(anchor: float, tmp_path):
+    return config_from_dict({"mode": "teacher", "model": {"init": "da-v2-tiny"},
+                             "data": {"labeled": [{"type": "folder", "root": "unused"}]},
+                             "loss": {"output_anchor": anchor},
+                             "train": {"steps": 10, "batch_size": 2, "crop_size": 28, "precision": "fp32",
+                                       "out": str(tmp_path)}}, base_dir=tmp_path, check_paths=False)
+
+
+@pytest.mark.parametrize("anchor", [0.0, 1.0])
+def test_a_dead_output_stays_dead_without_the_anchor_and_recovers_with_it(anchor, tmp_path, one_thread):
+    """The condition of the collapsed runs: the final ReLU off on every pixel. SSI + GM then pass exactly
+    zero gradient; the anchor lifts the output back within a few steps."""
+    torch.manual_seed(0)
+    model = build_model("v2", "tiny").train()
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(-3.0)
+    config = _teacher_config(anchor, tmp_path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    net = DepthAndFeatures(model)
+    generator = torch.Generator().manual_seed(0)
+    batch = {"image": torch.randn(2, 3, 28, 28, generator=generator),
+             "target": torch.rand(2, 28, 28, generator=generator) + 0.1, "valid": torch.ones(2, 28, 28, dtype=torch.bool)}
+    shares = []
+    for _ in range(30):
+        loss, stats = teacher_loss(net, batch, config, CPU)
+        optimizer.zero_grad()
+        loss.backward()
+        if anchor == 0.0 and not shares:
+            assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.parameters())
+        optimizer.step()
+        shares.append(stats["zero_share"])
+    assert shares[0] == 1.0
+    if anchor == 0.0:
+        assert shares[-1] == 1.0  # no gradient ever reaches it
+    else:
+        assert shares[-1] < 0.5
+
+
+def test_cutmix_is_off_with_a_single_unlabeled_image():
+    generator = torch.Generator().manual_seed(0)
+    mask = losses.cutmix_masks(1, 20, 20, generator, p=0.0)
+    assert not mask.any()
+
+
+# --------------------------------------------------------------------------- the seed
+
+
+def test_with_seed_drives_scenes_initialisation_and_training():
+    base = demo.load_settings(quick=True)
+    one, two, one_again = demo.with_seed(base, 1), demo.with_seed(base, 2), demo.with_seed(base, 1)
+    assert one == one_again and one.seed == 1
+    for recipe in (one.teacher, one.student):
+        assert recipe["train"]["seed"] == 1 and recipe["model"]["init_seed"] == 1
+    d = base.data
+    count = d["n_source_train"] + d["n_target_unlabeled"] + d["n_source_test"] + d["n_target_test"]
+    extra = ablation.EXTRA_SCENES * 2 + max(d["n_source_train"], 100)  # the ablation's oracle and validation scenes
+    assert two.data["seed"] - one.data["seed"] > max(count, extra)  # no scene shared between seeds
+    assert demo.with_seed(base, 0).data["seed"] == 0
+    with pytest.raises(ValueError, match="--seed"):
+        demo.with_seed(base, -1)
+
+
+# --------------------------------------------------------------------------- the image-blind baseline
+
+
+class _Source:
+    def __init__(self, depths, valids):
+        self.depths, self.valids = depths, valids
+
+    def __len__(self):
+        return len(self.depths)
+
+    def load(self, index):
+        return np.zeros((*self.depths[index].shape, 3), np.uint8), self.depths[index], self.valids[index]
+
+
+def test_blind_map_is_the_mean_normalised_disparity_per_pixel():
+    rng = np.random.default_rng(0)
+    depths = [rng.uniform(0.5, 20, (6, 5)) for _ in range(4)]
+    valids = [rng.random((6, 5)) > 0.3 for _ in range(4)]
+    depths[1][0, 0] = np.inf
+    blind = BlindMap.from_source(_Source(depths, valids))
+    for y in range(6):
+        for x in range(5):
+            values = []
+            for d, v in zip(depths, valids):
+                ok = v & np.isfinite(d) & (d > 0)
+                if ok[y, x]:
+                    disp = 1 / d[ok]
+                    values.append((1 / d[y, x] - disp.min()) / (disp.max() - disp.min()))
+            expected = np.mean(values) if values else 0.0
+            assert blind.disparity[y, x] == pytest.approx(expected, abs=1e-6)
+    rgb = np.zeros((12, 10, 3), np.uint8)
+    assert blind(rgb).shape == (12, 10) and blind(np.zeros((6, 5, 3), np.uint8)).tolist() == blind.disparity.tolist()
+    assert normalized_disparity(np.full((2, 2), 3.0), np.ones((2, 2), bool)).tolist() == [[0, 0], [0, 0]]
+    with pytest.raises(ValueError, match="at least one"):
+        BlindMap.from_source(_Source([], []))
+
+
+# --------------------------------------------------------------------------- wrong pseudo-labels
+
+
+def test_wrong_regions_cover_the_area_and_leave_the_rest_alone():
+    rng = np.random.default_rng(0)
+    label = np.random.default_rng(1).random((40, 50)).astype(np.float32)
+    wrong, mask = ablation.wrong_regions(label, 0.25, rng)
+    assert mask.mean() >= 0.25
+    np.testing.assert_array_equal(wrong[~mask], label[~mask])
+    assert np.abs(wrong[mask] - label[mask]).mean() > 0.1  # replaced by something else
+    assert ablation.wrong_regions(label, 0.0, rng)[1].sum() == 0
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _scores(target, source, val=None, zero=0.0):
+    out = {"target_test": {"abs_rel": target, "delta1": 0.5}, "source_test": {"abs_rel": source, "delta1": 0.6},
+           "zero_output_target": zero}
+    if val is not None:
+        out["target_val"] = {"abs_rel": val, "delta1": 0.5}
+    return out
+
+
+def test_ablation_tables_and_goals_from_per_seed_scores():
+    def seed(t, s):
+        return {"image-blind mean map": {"group": "baselines", **_scores(0.40, 0.30)},
+                "teacher (labeled source only)": {"group": "baselines", **_scores(t, 0.20)},
+                "student": {"group": "table9", **_scores(s, 0.20)},
+                "compute-matched teacher (9 steps)": {"group": "controls", **_scores(t * 0.99, 0.19)},
+                "wrong labels, filter ratio 0": {"group": "wrong_labels", **_scores(0.33, 0.2, val=0.34)},
+                "wrong labels, filter ratio 0.2": {"group": "wrong_labels", **_scores(0.31, 0.2, val=0.30)}}
+
+    summary = {"seeds": [0, 1], "per_seed": {"0": seed(0.30, 0.27), "1": seed(0.32, 0.28)}, "student_row": "student",
+               "setup": "set-up", "command": "pseudodepth demo --ablation"}
+    baselines, table9, controls, wrong, choice = ablation.tables(summary)
+    assert baselines.rows[1][1] == f"0.3100 ± {np.std([0.30, 0.32], ddof=1):.4f}"
+    assert table9.rows[0][4] == f"{0.27 / 0.30:.3f} / {0.28 / 0.32:.3f}"
+    assert choice.rows == [["0", "0.3400", "0.3000", "wrong labels, filter ratio 0.2", "0.3100"],
+                           ["1", "0.3400", "0.3000", "wrong labels, filter ratio 0.2", "0.3100"]]
+    goals = ablation.goals(summary, "student")
+    assert goals.rows[0] == ["0", f"{0.30 / 0.40:.3f}", f"{0.27 / 0.30:.3f}", f"{0.27 / (0.30 * 0.99):.3f}", "1.000"]
+    text = ablation.markdown(summary)
+    assert text.startswith("# Ablation") and goals.markdown() in text and choice.markdown() in text
+    assert ablation.mean_std([0.5]) == "0.5000"
+
+
+def test_ablation_plan_has_baselines_controls_rows_and_wrong_labels():
+    settings = demo.load_settings()
+    rows = ablation.plan(settings)
+    groups = [r.group for r in rows]
+    assert groups[:2] == ["baselines", "baselines"] and {"table9", "controls", "wrong_labels"} <= set(groups)
+    t, s = settings.teacher["train"], settings.student["train"]
+    matched = next(r for r in rows if r.name.startswith("compute-matched"))
+    assert matched.overrides["train"]["steps"] * t["batch_size"] == pytest.approx(
+        t["steps"] * t["batch_size"] + s["steps"] * s["batch_size"], abs=t["batch_size"])
+    assert [r.overrides["loss"]["drop_top_ratio"] for r in rows if r.labels == "wrong"] == [0.0, 0.1, 0.2, 0.3]
+    assert ablation.student_row(settings) == next(r["name"] for r in settings.ablation["rows"] if r["student"] == {})
