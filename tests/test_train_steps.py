@@ -57,20 +57,21 @@ def ref_alignment(student: torch.Tensor, frozen: torch.Tensor, margin: float) ->
     return sum(terms) / len(terms) if terms else 0.0
 
 
-@pytest.mark.parametrize(("ssi_weight", "gm_weight", "fa_weight", "edge_aware"),
-                         [(1.0, 2.0, 1.0, False), (2.5, 0.5, 0.3, True)])
+@pytest.mark.parametrize(("ssi_weight", "gm_weight", "fa_weight", "edge_aware", "anchor"),
+                         [(1.0, 2.0, 1.0, False, 1.0), (2.5, 0.5, 0.3, True, 0.0), (1.0, 2.0, 0.0, False, 7.0)])
 def test_student_step_loss_is_the_weighted_mean_over_images(tmp_path, ssi_weight, gm_weight, fa_weight,
-                                                            edge_aware):
-    """loss = (n_l L_l + n_u L_u) / (n_l + n_u) + w_fa L_fa, with L = ssi_weight * ssi + gm_weight * gm per
-    image (the unlabeled images after the top-10% filter, edge-aware when asked)."""
+                                                            edge_aware, anchor):
+    """loss = (n_l L_l + n_u L_u) / (n_l + n_u) + w_anchor mean(max(0, -z)) + w_fa L_fa, with
+    L = ssi_weight * ssi + gm_weight * gm per image (the unlabeled images after the top-10% filter,
+    edge-aware when asked) and z the last convolution's output before the final ReLU."""
     config = load_config(write_config(
-        tmp_path / "c.yaml", mode="student", train={"batch_size": 5},
+        tmp_path / "c.yaml", mode="student", train={"batch_size": 6},
         data={"unlabeled": [{"type": "label_store", "root": "labels"}]},
-        loss={"ssi_weight": ssi_weight, "gm_weight": gm_weight, "edge_aware": edge_aware},
+        loss={"ssi_weight": ssi_weight, "gm_weight": gm_weight, "edge_aware": edge_aware, "output_anchor": anchor},
         augment={"strong": False, "cutmix_p": 0.0},  # the unlabeled images enter the network as they are
         feature_alignment={"enabled": True, "weight": fa_weight, "margin": 0.5}), check_paths=False)
     g = torch.Generator().manual_seed(3)
-    n_l, n_u, h, w = 2, 3, 28, 42
+    n_l, n_u, h, w = 2, 4, 28, 42
     labeled = {"image": normalize_imagenet(torch.rand(n_l, 3, h, w, generator=g)),
                "target": torch.rand(n_l, h, w, generator=g) + 0.1, "valid": torch.rand(n_l, h, w, generator=g) < 0.9}
     pseudo = torch.rand(n_u, h, w, generator=g)
@@ -78,13 +79,19 @@ def test_student_step_loss_is_the_weighted_mean_over_images(tmp_path, ssi_weight
     unlabeled = {"image": torch.rand(n_u, 3, h, w, generator=g), "target": pseudo,
                  "valid": torch.rand(n_u, h, w, generator=g) < 0.95}
     model = build_model("v2", "tiny").train()
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(-0.05)  # part of the output below 0: the anchor term is not 0
     frozen = build_model("v2", "tiny", seed=5).backbone.eval()  # another encoder: alignment is not 0
 
     loss, stats = student_loss(DepthAndFeatures(model), frozen, labeled, unlabeled, 0, config, CPU)
 
     with torch.no_grad():
         images = torch.cat([labeled["image"], normalize_imagenet(unlabeled["image"])])
+        seen = []
+        hook = model.head.conv3.register_forward_hook(lambda m, i, o: seen.append(o))
         pred = model(pixel_values=images).predicted_depth.double().numpy()
+        hook.remove()
+        pre_activation = seen[0].double()
         clean = normalize_imagenet(unlabeled["image"])
         tokens = model.backbone(pixel_values=clean).feature_maps[-1][:, 1:]
         reference_tokens = frozen(pixel_values=clean).feature_maps[-1][:, 1:]
@@ -94,7 +101,9 @@ def test_student_step_loss_is_the_weighted_mean_over_images(tmp_path, ssi_weight
     per_image = [ssi_weight * s + gm_weight * m for s, m in zip(ssi_l + ssi_u, gm_l + gm_u)]
     fa = ref_alignment(tokens, reference_tokens, 0.5)
     assert fa > 0.01
-    expected = sum(per_image) / (n_l + n_u) + fa_weight * fa
+    hinge = float(torch.clamp(-pre_activation, min=0).sum() / pre_activation.numel())
+    assert hinge > 1e-4
+    expected = sum(per_image) / (n_l + n_u) + anchor * hinge + fa_weight * fa
     assert float(loss.detach()) == pytest.approx(expected, rel=2e-4)
     assert stats["labeled_ssi"] == pytest.approx(np.mean(ssi_l), rel=2e-4)
     assert stats["unlabeled_gm"] == pytest.approx(np.mean(gm_u), rel=2e-4)
