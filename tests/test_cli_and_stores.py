@@ -29,7 +29,7 @@ def image_folder(root: Path, count: int = 3, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (30 + 4 * i, 44, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (28 + 4 * i, 64, 3), dtype=np.uint8)).save(root / f"{i}.png")  # wide
     return root
 
 
