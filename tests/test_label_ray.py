@@ -121,32 +121,6 @@ def test_actor_refuses_weights_with_another_fingerprint(tmp_path, tiny_model):
         label_ray._Teacher("da-v2-tiny", LabelSettings(tta="flip"), str(tmp_path / "s"), {}, teacher)
 
 
-def test_exhausted_restarts_stop_the_run_and_rerunning_resumes(tmp_path, local_ray, monkeypatch):
-    """No restarts and no retries left: a crashed actor ends the run with an error; what was committed stays,
-    and the same command finishes the store with every image once."""
-    imgs = tmp_path / "imgs"
-    imgs.mkdir()
-    from PIL import Image
-
-    rng = np.random.default_rng(2)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
-    monkeypatch.setattr(label_ray, "MAX_ACTOR_RESTARTS", 0)
-    monkeypatch.setattr(label_ray, "MAX_BATCH_RETRIES", 0)
-    local_ray.write_text("crash the first batch that sees this file")
-    with pytest.raises(Exception) as err:
-        label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
-    assert not isinstance(err.value, AssertionError)
-    assert not local_ray.exists()
-    committed = LabelStore(tmp_path / "s").rows()
-    assert len(committed) < 6
-    report = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
-    assert (report.ok, report.skipped) == (6 - len(committed), len(committed))
-    rows = LabelStore(tmp_path / "s").rows()
-    assert sorted(r["source"] for r in rows) == [f"{i}.png" for i in range(6)]
-    assert all(r["status"] == "ok" for r in rows) and not list((tmp_path / "s").rglob(".tmp-*"))
-
-
 def test_cli_engine_ray(tmp_path, local_ray, monkeypatch, capsys):
     from pseudodepth import label as local_engine
     from pseudodepth.cli import main

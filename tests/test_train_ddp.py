@@ -34,7 +34,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path: Path) -> None:
                         augment={"strong": False, "cutmix_p": 0.0}, feature_alignment={"enabled": True})
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "pseudodepth.train", str(path)],
-                         env=one_thread_env(), capture_output=True, text=True, timeout=240)
+                         env=one_thread_env(), capture_output=True, text=True, timeout=420)
     assert run.returncode == 0, run.stderr[-3000:]
     out = tmp_path / "run"
     weights = [torch.load(out / f"rank{r}_weights.pt", weights_only=True) for r in range(2)]
@@ -68,7 +68,6 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path: Path) -> None:
         a = load_model(out / "final")(pixel_values=x).predicted_depth
         b = load_model(single)(pixel_values=x).predicted_depth
         start = load_model("da-v2-tiny")(pixel_values=x).predicted_depth
-    print("RATIO", float((a - b).norm() / (b - start).norm()))
     assert float((a - b).norm() / (b - start).norm()) < 0.1  # far closer than the 3 steps moved the output
 
 
