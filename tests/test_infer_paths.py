@@ -56,7 +56,7 @@ def test_fp16_runs_in_half_precision_and_stays_close_to_fp32(tiny_model):
     rgb = np.random.default_rng(5).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     x = torch.from_numpy(prepare(rgb))[None]
     seen = []
-    hook = tiny_model.head.conv1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    hook = tiny_model.backbone.encoder.layer[0].mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     try:
         d32 = predict(tiny_model, rgb)
         d16 = predict(tiny_model, rgb, precision="fp16")
