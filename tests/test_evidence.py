@@ -13,7 +13,7 @@ from pseudodepth import ablation, demo, losses
 from pseudodepth.baselines import BlindMap, normalized_disparity
 from pseudodepth.config import config_from_dict
 from pseudodepth.models import build_model, head_outputs
-from pseudodepth.train import DepthAndFeatures, Dist, patch_tokens, teacher_loss
+from pseudodepth.train import DepthAndFeatures, Dist, patch_tokens, student_loss, teacher_loss
 
 CPU = Dist(0, 1, torch.device("cpu"))
 
@@ -128,10 +128,25 @@ def test_a_dead_output_stays_dead_without_the_anchor_and_recovers_with_it(anchor
         assert shares[-1] < 0.5
 
 
-def test_cutmix_is_off_with_a_single_unlabeled_image():
+@pytest.mark.parametrize("n_unlabeled", [1, 2])
+def test_cutmix_never_mixes_an_image_with_itself(n_unlabeled, tmp_path):
+    """CutMix pairs unlabeled image i with image i - 1: with a single unlabeled image that is itself, so the
+    step must not cut at all (before the fix it did, p = 1 here)."""
+    config = config_from_dict({
+        "mode": "student", "model": {"init": "da-v2-tiny"},
+        "data": {"labeled": [{"type": "folder", "root": "unused"}], "unlabeled": [{"type": "label_store", "root": "x"}]},
+        "augment": {"cutmix_p": 1.0, "strong": False}, "feature_alignment": {"enabled": False},
+        "train": {"steps": 1, "batch_size": 1 + n_unlabeled, "labeled_ratio": [1, n_unlabeled], "crop_size": 28,
+                  "precision": "fp32", "out": str(tmp_path)}}, base_dir=tmp_path, check_paths=False)
     generator = torch.Generator().manual_seed(0)
-    mask = losses.cutmix_masks(1, 20, 20, generator, p=0.0)
-    assert not mask.any()
+
+    def batch(n, normalized):
+        return {"image": torch.rand(n, 3, 28, 28, generator=generator) - (0.5 if normalized else 0.0),
+                "target": torch.rand(n, 28, 28, generator=generator) + 0.1, "valid": torch.ones(n, 28, 28, dtype=torch.bool)}
+
+    _, stats = student_loss(DepthAndFeatures(build_model("v2", "tiny")), None, batch(1, True),
+                            batch(n_unlabeled, False), 0, config, CPU)
+    assert (stats["cutmix_area"] == 0.0) == (n_unlabeled == 1)
 
 
 # --------------------------------------------------------------------------- the seed
