@@ -10,6 +10,12 @@ Official Depth Anything V1 and V2 checkpoints have identical tensor shapes; only
 input layers differ (V2: evenly spaced, V1: the last four). The *size* is read from the shapes, the
 *version* from the file name (``depth_anything_v2_vits.pth`` vs ``depth_anything_vits14.pth``) or
 the ``version=`` argument.
+
+Metric models (V2's ``metric_depth``: the same network whose head ends in ``sigmoid * max_depth``
+instead of a ReLU, output in metres) are ``transformers``' ``depth_estimation_type="metric"`` with
+``max_depth``; its head is exactly the official one (``conv3 -> Sigmoid -> * max_depth``). Official
+metric ``.pth`` files are recognised by their name (:func:`official_metric_max_depth`: hypersim 20 m,
+vkitti 80 m); ``max_depth=`` overrides.
 """
 
 from __future__ import annotations
@@ -76,8 +82,10 @@ class ModelSpecError(ValueError):
     """A model SPEC that is not a preset, an official .pth, or a model folder."""
 
 
-def make_config(version: str, size: str) -> DepthAnythingConfig:
-    """The ``transformers`` config of an official architecture (``out_indices`` are 1-based there)."""
+def make_config(version: str, size: str, max_depth: float | None = None) -> DepthAnythingConfig:
+    """The ``transformers`` config of an official architecture (``out_indices`` are 1-based there).
+
+    With ``max_depth`` the model is metric: its head ends in ``sigmoid * max_depth`` (metres)."""
     if size not in ARCHS:
         raise ModelSpecError(f"unknown model size {size!r}; expected one of {sorted(ARCHS)}")
     arch = ARCHS[size]
@@ -105,8 +113,35 @@ def make_config(version: str, size: str) -> DepthAnythingConfig:
         neck_hidden_sizes=list(arch.out_channels),
         fusion_hidden_size=arch.features,
         head_hidden_size=32,
-        depth_estimation_type="relative",
+        depth_estimation_type="relative" if max_depth is None else "metric",
+        max_depth=1.0 if max_depth is None else float(max_depth),
     )
+
+
+def is_metric(model) -> bool:
+    """True for metric models (output in metres), False for relative ones (affine-invariant disparity)."""
+    return getattr(getattr(model, "module", model).config, "depth_estimation_type", "relative") == "metric"
+
+
+def prediction_space(model) -> str:
+    """What the model outputs: ``"depth"`` (metres, metric models) or ``"disparity"`` (relative models)."""
+    return "depth" if is_metric(model) else "disparity"
+
+
+def max_depth_of(model) -> float | None:
+    """The metric model's ``max_depth`` (metres), None for a relative model."""
+    return float(getattr(model, "module", model).config.max_depth) if is_metric(model) else None
+
+
+def set_max_depth(model, max_depth: float) -> None:
+    """Change a metric model's output range (the head computes ``sigmoid * max_depth``)."""
+    if not is_metric(model):
+        raise ModelSpecError("max_depth applies to metric models only; this model predicts relative disparity")
+    if not max_depth > 0:
+        raise ModelSpecError(f"max_depth must be > 0 metres, got {max_depth}")
+    model = getattr(model, "module", model)
+    model.config.max_depth = float(max_depth)
+    model.head.max_depth = float(max_depth)
 
 
 def _official_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -163,7 +198,8 @@ def _finish(model: DepthAnythingForDepthEstimation, info: ModelInfo) -> DepthAny
     return model.eval()
 
 
-def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str | None = None):
+def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str | None = None,
+                max_depth: float | None = None):
     """A randomly initialised model; the same ``seed`` gives bit-identical weights every time.
 
     The encoder keeps ``transformers``' DINOv2 initialisation (truncated normal, as DINOv2). The DPT
@@ -171,15 +207,17 @@ def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str |
     has: ``transformers``' ``normal(0, 0.02)`` with zero biases makes the output ~1e-6, and the
     final ReLU can die at the first optimiser step. The last convolution's bias starts at 1 so that
     the final ReLU is alive on every pixel for every seed (with a default bias some seeds start dead).
+    With ``max_depth`` the model is metric (sigmoid head, default bias: the output starts mid-range).
     """
-    config = make_config(version, size)
+    config = make_config(version, size, max_depth)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DepthAnythingForDepthEstimation(config)
         for module in [*model.neck.modules(), *model.head.modules()]:
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 module.reset_parameters()
-        torch.nn.init.ones_(model.head.conv3.bias)
+        if max_depth is None:
+            torch.nn.init.ones_(model.head.conv3.bias)
     return _finish(model, ModelInfo(version, size, source or f"da-{version}-{size}"))
 
 
@@ -206,13 +244,27 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str:
     )
 
 
+OFFICIAL_METRIC_DEPTHS = {"hypersim": 20.0, "vkitti": 80.0}  # metric_depth's training ranges (metres)
+
+
+def official_metric_max_depth(name: str | Path) -> float | None:
+    """The max depth of an official V2 metric checkpoint from its file name
+    (``depth_anything_v2_metric_hypersim_vits.pth`` -> 20, ``..._metric_vkitti_...`` -> 80), else None."""
+    match = re.search(r"metric_(hypersim|vkitti)", Path(name).name, re.IGNORECASE)
+    return OFFICIAL_METRIC_DEPTHS[match.group(1).lower()] if match else None
+
+
 def version_from_name(path: Path) -> str:
     """'v2' for official V2 file names (``depth_anything_v2_vits.pth``), else 'v1' (``depth_anything_vits14.pth``)."""
     return "v2" if re.search(r"v2", path.name, re.IGNORECASE) else "v1"
 
 
-def load_official(path: str | Path, version: str | None = None) -> DepthAnythingForDepthEstimation:
-    """Load an official Depth Anything V1/V2 ``.pth`` (never unpickles code: ``weights_only=True``)."""
+def load_official(path: str | Path, version: str | None = None,
+                  max_depth: float | None = None) -> DepthAnythingForDepthEstimation:
+    """Load an official Depth Anything V1/V2 ``.pth`` (never unpickles code: ``weights_only=True``).
+
+    Metric checkpoints are recognised by name (:func:`official_metric_max_depth`); ``max_depth``
+    overrides their range, or makes any other ``.pth`` load as a metric model (a renamed file)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -225,7 +277,8 @@ def load_official(path: str | Path, version: str | None = None) -> DepthAnything
     state = strip_prefix(state)
     size = infer_arch(state)
     version = version or version_from_name(path)
-    model = build_model(version, size, source=str(path))
+    max_depth = max_depth if max_depth is not None else official_metric_max_depth(path)
+    model = build_model(version, size, source=str(path), max_depth=max_depth)
     try:
         mapped = official_to_hf(state)
     except KeyError as err:
@@ -287,18 +340,24 @@ def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path,
 # ---------------------------------------------------------------- the one entry point
 
 
-def load_model(spec: str | Path, version: str | None = None, device: str | torch.device = "cpu"):
-    """Load any model SPEC (preset name, official ``.pth``, HF folder, pseudodepth checkpoint), in eval mode."""
+def load_model(spec: str | Path, version: str | None = None, device: str | torch.device = "cpu",
+               max_depth: float | None = None):
+    """Load any model SPEC (preset name, official ``.pth``, HF folder, pseudodepth checkpoint), in eval mode.
+
+    ``max_depth`` (metres) sets a metric model's range (``--max-depth``); a preset becomes a randomly
+    initialised metric model, an official ``.pth`` loads as metric; a relative folder is refused."""
     spec_s = str(spec)
     if spec_s in PRESETS:
         v, size = PRESETS[spec_s]
-        model = build_model(v, size, source=spec_s)
+        model = build_model(v, size, source=spec_s, max_depth=max_depth)
     else:
         path = Path(spec_s).expanduser()
         if path.is_dir():
             model = load_folder(path)
+            if max_depth is not None:
+                set_max_depth(model, max_depth)
         elif path.is_file() and path.suffix in (".pth", ".pt", ".bin"):
-            model = load_official(path, version)
+            model = load_official(path, version, max_depth)
         elif path.is_file():
             raise ModelSpecError(f"{path}: unsupported model file; expected an official .pth or a model folder")
         else:
@@ -306,6 +365,18 @@ def load_model(spec: str | Path, version: str | None = None, device: str | torch
                 f"{spec_s!r} is neither a file, a folder nor a preset; presets: {', '.join(sorted(PRESETS))}"
             )
     return model.to(device)
+
+
+def spec_is_metric(spec: str | Path) -> bool:
+    """Whether a SPEC loads as a metric model, without loading it: an official metric file name or a folder
+    whose ``config.json`` says ``depth_estimation_type: metric`` (presets are relative)."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            return json.loads((path / "config.json").read_text()).get("depth_estimation_type") == "metric"
+        except (OSError, ValueError):
+            return False
+    return path.is_file() and official_metric_max_depth(path) is not None
 
 
 def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
@@ -368,5 +439,7 @@ def fingerprint(model, settings: dict | None = None) -> str:
         t = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    if is_metric(model):  # the head's max_depth is no tensor
+        h.update(f"metric max_depth {max_depth_of(model)!r}".encode())
     h.update(json.dumps(settings or {}, sort_keys=True).encode())
     return h.hexdigest()[:16]

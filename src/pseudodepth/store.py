@@ -6,6 +6,13 @@ Layout (DESIGN.md section 3)::
     STORE/manifest.parquet    one row per source image (see ``MANIFEST_SCHEMA``)
     STORE/manifest.journal    rows committed since the last consolidation (JSON lines)
     STORE/labels/<rel>.png    16-bit PNG: min-max normalised disparity, 0/65535 = row min/max
+                              (metric stores: log depth, 1/65535 = row min/max in metres, 0 = invalid)
+
+Two kinds of store (``store.json`` key ``labels``): ``"disparity"`` (a relative teacher's output, the
+default) and ``"metric_depth"`` (metres: a metric teacher's output, or a relative one aligned to sparse
+metric depth by ``label --align-to``, whose rows also hold the fitted ``scale``, ``shift`` and
+``inliers``). Metric labels are quantised in log depth, so the relative step is the same at every
+depth: ``ln(max / min) / 65534`` (7.7e-5 for 0.5..80 m).
 
 Crash safety: a label is written to a temporary name and renamed; its row is appended to the
 journal (flushed, fsynced) only after the rename. A run killed at any point therefore leaves no
@@ -37,7 +44,12 @@ MANIFEST_SCHEMA = pa.schema([
     ("min", pa.float64()),  # disparity mapped to PNG value 0
     ("max", pa.float64()),  # disparity mapped to PNG value 65535
     ("teacher", pa.string()),  # teacher fingerprint (weights + settings)
+    ("scale", pa.float64()),  # metric alignment (label --align-to): y ~ scale * prediction + shift, else null
+    ("shift", pa.float64()),
+    ("inliers", pa.int32()),  # sparse points the alignment kept (null without alignment)
 ])
+OPTIONAL_COLUMNS = ("scale", "shift", "inliers")  # absent in stores written before metric labels
+LABEL_SPACES = ("disparity", "metric_depth")
 PNG_MAX = 65535
 
 
@@ -64,6 +76,35 @@ def encode_label(disparity: np.ndarray) -> tuple[np.ndarray, float, float]:
 def decode_label(q: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Inverse of :func:`encode_label`: ``d = min + q / 65535 * (max - min)`` as float32."""
     return (lo + q.astype(np.float64) * ((hi - lo) / PNG_MAX)).astype(np.float32)
+
+
+def encode_metric_label(depth: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """metric depth (metres, <= 0 or non-finite = invalid) -> (uint16 map, min, max), quantised in log depth.
+
+    ``q = 1 + round((ln z - ln min) / (ln max - ln min) * 65534)`` on valid pixels, 0 on invalid ones; a
+    map with one depth value encodes as 1 with ``min == max``.
+    """
+    z = np.asarray(depth, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(z) & (z > 0)
+    if not valid.any():
+        return np.zeros(z.shape, np.uint16), 0.0, 0.0
+    lo, hi = float(z[valid].min()), float(z[valid].max())
+    q = np.zeros(z.shape, np.float64)
+    if hi > lo:
+        q[valid] = (np.log(z[valid]) - np.log(lo)) * ((PNG_MAX - 1) / (np.log(hi) - np.log(lo)))
+    out = np.where(valid, 1 + np.clip(np.rint(q), 0, PNG_MAX - 1), 0)
+    return out.astype(np.uint16), lo, hi
+
+
+def decode_metric_label(q: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Inverse of :func:`encode_metric_label`: metres as float32, 0 where ``q == 0`` (invalid)."""
+    q = q.astype(np.float64)
+    if hi > lo:
+        z = np.exp(np.log(lo) + (q - 1) * ((np.log(hi) - np.log(lo)) / (PNG_MAX - 1)))
+    else:
+        z = np.full(q.shape, lo)
+    return np.where(q > 0, z, 0.0).astype(np.float32)
 
 
 def label_paths(sources: list[str]) -> dict[str, str]:
@@ -116,6 +157,11 @@ class LabelStore:
         atomic_write_bytes(self.meta_path, json.dumps({**meta, "teacher": teacher}, indent=2, sort_keys=True).encode())
 
     @property
+    def label_space(self) -> str:
+        """``"disparity"`` (relative labels) or ``"metric_depth"`` (metres)."""
+        return self.meta().get("labels", "disparity")
+
+    @property
     def source_root(self) -> Path:
         root = self.meta().get("source_root")
         if not root:
@@ -140,9 +186,9 @@ class LabelStore:
         merged: dict[str, dict] = {}
         if self.manifest_path.is_file():
             for row in pq.read_table(self.manifest_path).to_pylist():
-                merged[row["source"]] = row
+                merged[row["source"]] = {**{k: None for k in OPTIONAL_COLUMNS}, **row}
         for row in self._journal_rows():
-            merged[row["source"]] = row
+            merged[row["source"]] = {**{k: None for k in OPTIONAL_COLUMNS}, **row}
         out = [merged[k] for k in sorted(merged)]
         return [r for r in out if status is None or r["status"] == status]
 
@@ -169,17 +215,28 @@ class LabelStore:
 
     # ------------------------------------------------------------ labels
 
-    def write_label(self, label: str, disparity: np.ndarray) -> tuple[float, float]:
-        """Encode and atomically write one label; returns the (min, max) to store in its row."""
-        q, lo, hi = encode_label(disparity)
+    def write_label(self, label: str, values: np.ndarray, space: str = "disparity") -> tuple[float, float]:
+        """Encode and atomically write one label (disparity, or metres for ``space="metric_depth"``);
+        returns the (min, max) to store in its row."""
+        q, lo, hi = encode_metric_label(values) if space == "metric_depth" else encode_label(values)
         atomic_write_bytes(safe_join(self.root, label), encode_png(q))
         return lo, hi
 
-    def read_disparity(self, row: dict) -> np.ndarray:
-        """The stored disparity of an ``ok`` row (float32, source resolution), restored from min/max."""
+    def read_label(self, row: dict) -> np.ndarray:
+        """The stored label of an ``ok`` row (float32, source resolution): disparity, or metres (0 = invalid)
+        in a metric store (:attr:`label_space`)."""
         if row["status"] != "ok":
             raise StoreError(f"{self.root}: row {row['source']!r} has status {row['status']}: {row['error']}")
-        return decode_label(read_png16(safe_join(self.root, row["label"])), row["min"], row["max"])
+        q = read_png16(safe_join(self.root, row["label"]))
+        if self.label_space == "metric_depth":
+            return decode_metric_label(q, row["min"], row["max"])
+        return decode_label(q, row["min"], row["max"])
+
+    def read_disparity(self, row: dict) -> np.ndarray:
+        """The stored relative disparity of an ``ok`` row; refuses a metric store (use :meth:`read_label`)."""
+        if self.label_space != "disparity":
+            raise StoreError(f"{self.root} holds metric depth labels, not disparity; read them with read_label")
+        return self.read_label(row)
 
     def source_path(self, row: dict) -> Path:
         """Absolute path of a row's source image (refuses manifest paths that escape the source folder)."""
@@ -187,6 +244,7 @@ class LabelStore:
 
 
 def _check_row(row: dict) -> dict:
+    row = {**{k: None for k in OPTIONAL_COLUMNS}, **row}
     missing = set(MANIFEST_SCHEMA.names) - set(row)
     if missing:
         raise ValueError(f"manifest row for {row.get('source')!r} lacks {sorted(missing)}")

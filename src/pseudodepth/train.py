@@ -4,6 +4,11 @@ One readable loop (:func:`train`, nanoGPT style); data, model, losses and schedu
 small functions above it and passed in.
 
 - **teacher** (``mode: teacher``): labeled batches only, ``L = ssi + 2 gm`` with no filtering.
+- **metric** (``mode: metric``): V2's ``metric_depth`` fine-tuning: depth in metres, a head ending in
+  ``sigmoid * max_depth``, the SiLog loss (lambda 0.5) over every valid pixel of the batch within
+  ``[min_depth, max_depth]``. Labeled images and, optionally, metric pseudo-labels (``label
+  --align-to``) in the same 1 : 2 split as the student; the pseudo-labeled images get the strong
+  perturbations and CutMix (their metric targets mix with the same box).
 - **student** (``mode: student``): each step one labeled batch and one unlabeled batch (1 : 2).
   Unlabeled images get strong perturbations and CutMix (p = 0.5) on the tensors in the step; the
   targets are the teacher's pseudo-labels of the clean images; the unlabeled loss drops each
@@ -68,7 +73,8 @@ from pseudodepth import losses
 from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
 from pseudodepth.infer import autocast
-from pseudodepth.models import PRESETS, head_outputs, load_encoder_state, load_model, save_checkpoint
+from pseudodepth.models import ARCHS, DEFAULT_SEED, PRESETS, head_outputs, is_metric, load_encoder_state, load_model, \
+    max_depth_of, model_info, save_checkpoint, set_max_depth
 from pseudodepth.models import build_model as build_preset
 from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
@@ -193,14 +199,16 @@ class StepBatches(Sampler):
 
 
 def build_data(specs: list[dict], config: TrainConfig, normalize: bool) -> WeightedSources:
-    """The datasets of one data section (sources of :func:`pseudodepth.data.make_source` + ``weight``)."""
+    """The datasets of one data section (sources of :func:`pseudodepth.data.make_source` + ``weight``);
+    targets in metres in ``mode: metric``, normalised disparity otherwise."""
     datasets, weights = [], []
+    target = "metric" if config.mode == "metric" else "relative"
     for spec in specs:
         spec = resolve_source(spec, config.base_dir)
         weights.append(float(spec.pop("weight", 1.0)))
         source = make_source(spec)
         datasets.append(DepthDataset(source, train=True, crop_size=config.train.crop_size, normalize=normalize,
-                                     flip_p=config.augment.flip_p, seed=config.train.seed))
+                                     flip_p=config.augment.flip_p, seed=config.train.seed, target=target))
     return WeightedSources(datasets, weights)
 
 
@@ -326,10 +334,30 @@ def build_model(config: TrainConfig) -> nn.Module:
         model = build_preset(*PRESETS[init], seed=config.model.init_seed, source=init)
     else:
         model = load_model(init)
+    if config.mode == "metric":
+        model = metric_model(model, config)
     if config.model.encoder_from:
         load_encoder(model.backbone, config.model.encoder_from, "model.encoder_from", config)
     freeze_unused(model)
     return model.train()
+
+
+def metric_model(init: nn.Module, config: TrainConfig) -> nn.Module:
+    """``mode: metric``'s network: a metric ``init`` as it is (``model.max_depth`` overrides its range), or
+    a relative ``init``'s encoder under a fresh metric decoder (the official ``--pretrained-from`` loads
+    only the ``pretrained.*`` encoder weights of a relative checkpoint)."""
+    if is_metric(init):
+        if config.model.max_depth is not None:
+            set_max_depth(init, config.model.max_depth)
+        return init
+    info = model_info(init)
+    if info.size not in ARCHS:
+        raise ValueError(f"model.init {config.model.init}: a relative model of a non-standard size cannot be turned "
+                         "into a metric one; start from a preset or an official checkpoint")
+    seed = config.model.init_seed if config.model.init_seed is not None else DEFAULT_SEED
+    model = build_preset(info.version, info.size, seed=seed, source=info.source, max_depth=config.model.max_depth)
+    model.backbone.load_state_dict(init.backbone.state_dict())
+    return model
 
 
 def load_encoder(backbone: nn.Module, spec: str, key: str, config: TrainConfig) -> None:
@@ -468,6 +496,8 @@ TEACHER_COLUMNS = ["step", "loss", "labeled_loss", "labeled_ssi", "labeled_gm", 
 STUDENT_COLUMNS = TEACHER_COLUMNS[:5] + ["unlabeled_loss", "unlabeled_ssi", "unlabeled_gm", "dropped_share",
                                          "cutmix_area", "feature_alignment", "unlabeled_zero_share",
                                          ] + TEACHER_COLUMNS[5:]
+METRIC_COLUMNS = ["step", "loss", "labeled_silog", "unlabeled_silog", "cutmix_area", "lr_encoder", "lr_decoder",
+                  "images_per_s"]
 DEAD_SHARE = 0.99  # unlabeled_zero_share above this: the output's final ReLU is off almost everywhere
 
 
@@ -571,6 +601,43 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
     }
 
 
+def metric_loss(net: nn.Module, labeled: dict | None, unlabeled: dict | None, step: int, max_depth: float,
+                config: TrainConfig, ctx: Dist) -> tuple[torch.Tensor, dict]:
+    """``mode: metric``: SiLog over the valid pixels (``min_depth <= depth <= max_depth``) of the whole batch.
+
+    Pseudo-labeled images (metric label stores) get the strong perturbations and CutMix; the mixed
+    image's target is the two metric labels mixed with the same box."""
+    w, aug = config.loss, config.augment
+    images, targets, valids, stats = [], [], [], {}
+    if labeled is not None:
+        images.append(labeled["image"].to(ctx.device, non_blocking=True))
+        targets.append(labeled["target"].to(ctx.device))
+        valids.append(labeled["valid"].to(ctx.device))
+    if unlabeled is not None:
+        generator = torch.Generator().manual_seed(step_seed(config.train.seed, step, ctx.rank, stream=1))
+        clean = unlabeled["image"].to(ctx.device, non_blocking=True)
+        strong = strong_perturbation(clean, generator, aug.perturbation()) if aug.strong else clean
+        n_u, _, height, width = clean.shape
+        mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p)
+        images.append(normalize_imagenet(losses.apply_cutmix(strong, strong.roll(1, 0), mask)))
+        target, valid = unlabeled["target"].to(ctx.device), unlabeled["valid"].to(ctx.device)
+        target, valid = losses.metric_cutmix_target(target, target.roll(1, 0), valid, valid.roll(1, 0), mask)
+        targets.append(target)
+        valids.append(valid)
+        stats["cutmix_area"] = float(mask.float().mean())
+    with autocast(ctx.device, config.train.precision):
+        pred = net(torch.cat(images)).depth  # the head runs in float32 (models.head_outputs)
+    pred, target, valid = pred.float(), torch.cat(targets), torch.cat(valids)
+    valid = valid & (target >= w.min_depth) & (target <= max_depth)
+    loss = losses.silog_loss(pred, target, valid, w.silog_lambda)
+    with torch.no_grad():
+        n_l = labeled["image"].shape[0] if labeled is not None else 0
+        for name, part in (("labeled", slice(0, n_l)), ("unlabeled", slice(n_l, None))):
+            if valid[part].numel():
+                stats[f"{name}_silog"] = float(losses.silog_loss(pred[part], target[part], valid[part], w.silog_lambda))
+    return loss, {"loss": float(loss.detach()), **stats}
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -578,9 +645,9 @@ def prepare_out(config: TrainConfig, resume: bool, ctx: Dist) -> tuple[Path, Pat
     """Create ``out/``; refuse to overwrite a run unless resuming. Returns (out, checkpoint to resume)."""
     out = config.out_dir
     checkpoint = latest_checkpoint(out) if resume else None
-    if not resume and latest_checkpoint(out) is not None:
-        raise FileExistsError(f"{out}: already holds a training run (checkpoints/); pass --resume to continue it "
-                              "or choose another train.out / --out")
+    if not resume and (latest_checkpoint(out) is not None or (out / "final").exists()):
+        raise FileExistsError(f"{out}: already holds a training run (checkpoints/ or final/); pass --resume to "
+                              "continue it or choose another train.out / --out")
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -599,11 +666,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
 def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     t = config.train
-    student = config.mode == "student"
+    student, metric = config.mode == "student", config.mode == "metric"
     seed_everything(step_seed(t.seed, 0, ctx.rank))
     # Data first: a bad dataset fails before any model is loaded.
-    labeled_data = build_data(config.data.labeled, config, normalize=True)
-    unlabeled_data = build_unlabeled(config, ctx) if student else None
+    labeled_data = build_data(config.data.labeled, config, normalize=True) if config.data.labeled else None
+    unlabeled_data = build_unlabeled(config, ctx) if config.data.unlabeled else None
     out, checkpoint = prepare_out(config, resume, ctx)
 
     model = build_model(config).to(ctx.device)
@@ -614,18 +681,21 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     if ctx.world > 1:
         net = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
-    if student:
+    if labeled_data is not None and unlabeled_data is not None:
         n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
         if isinstance(unlabeled_data, ShardDataset):
             unlabeled_batches = ShardBatches(unlabeled_data, n_u, config, start, ctx)
         else:
             unlabeled_batches = make_batches(unlabeled_data, n_u, config, 1, start, ctx, "data.unlabeled")
         streams = zip(make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled"), unlabeled_batches)
-    else:
+    elif labeled_data is not None:
         streams = ((batch, None) for batch in make_batches(labeled_data, t.batch_size, config, 0, start, ctx,
                                                            "data.labeled"))
-    log = CsvLog(out / "log.csv", STUDENT_COLUMNS if student else TEACHER_COLUMNS,
-                 start if checkpoint else None) if ctx.main else None
+    else:  # mode metric on metric pseudo-labels only
+        streams = ((None, batch) for batch in make_batches(unlabeled_data, t.batch_size, config, 1, start, ctx,
+                                                           "data.unlabeled"))
+    columns = METRIC_COLUMNS if metric else STUDENT_COLUMNS if student else TEACHER_COLUMNS
+    log = CsvLog(out / "log.csv", columns, start if checkpoint else None) if ctx.main else None
     bar = tqdm(total=t.steps, initial=start, desc=f"train {config.mode}", unit="step", disable=not ctx.main,
                dynamic_ncols=True)
     seen: list[str] = []
@@ -636,7 +706,9 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
         torch.manual_seed(step_seed(t.seed, step, ctx.rank, stream=2))  # any randomness inside the model
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, config)
-        if student:
+        if metric:
+            loss, stats = metric_loss(net, labeled, unlabeled, step, max_depth_of(model), config, ctx)
+        elif student:
             loss, stats = student_loss(net, frozen, labeled, unlabeled, step, config, ctx)
         else:
             loss, stats = teacher_loss(net, labeled, config, ctx)
@@ -646,7 +718,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
             nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         optimizer.step()
         if t.debug_dump_weights:
-            seen += labeled["path"] + (unlabeled["path"] if unlabeled is not None else [])
+            seen += (labeled["path"] if labeled is not None else []) + (unlabeled["path"] if unlabeled is not None else [])
 
         done = step + 1
         images_since += t.batch_size * ctx.world
