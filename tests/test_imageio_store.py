@@ -141,3 +141,21 @@ def test_reduced_decode_shrinks_jpegs_but_never_below_the_minimum(tmp_path):
     Image.fromarray(rgb).save(buf, format="PNG")
     small, full = decode_rgb_reduced(buf.getvalue(), "p.png", lambda h, w: (10, 10))
     assert full == (400, 560) and np.array_equal(small, rgb)
+
+
+def test_palette_cmyk_and_exif_files_decode_to_the_right_pixels(tmp_path):
+    make_awkward_folder(tmp_path)
+    # palette PNG: each index looked up in the file's own palette
+    with Image.open(tmp_path / "palette.png") as img:
+        assert img.mode == "P"
+        palette = np.array(img.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        expected = palette[np.asarray(img)]
+    np.testing.assert_array_equal(read_rgb(tmp_path / "palette.png"), expected)
+    # EXIF orientation 6 (rotate 90 degrees clockwise to display): the same JPEG data as plain.jpg, turned
+    np.testing.assert_array_equal(read_rgb(tmp_path / "rotated.jpg"), np.rot90(read_rgb(tmp_path / "plain.jpg"), k=-1))
+    # CMYK JPEG of a smooth image: back to the original colours (within JPEG error), not inverted ones
+    y, x = np.mgrid[0:48, 0:64]
+    rgb = np.dstack([x * 4, y * 5, 255 - x * 2]).astype(np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "smooth_cmyk.jpg", quality=95)
+    got = read_rgb(tmp_path / "smooth_cmyk.jpg").astype(int)
+    assert np.abs(got - rgb).mean() < 3 and np.abs(got - rgb).max() < 40

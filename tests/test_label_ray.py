@@ -7,14 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import ray
 
 from conftest import make_awkward_folder
+from pseudodepth import label_ray
 from pseudodepth.imageio import read_png16
 from pseudodepth.label import LabelSettings, label_folder
 from pseudodepth.store import LabelStore, StoreError
-
-ray = pytest.importorskip("ray")
-label_ray = pytest.importorskip("pseudodepth.label_ray")
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +135,39 @@ def test_metric_alignment_matches_the_local_engine(tmp_path, tiny_model, local_r
         if a["status"] == "ok":
             assert a["scale"] == pytest.approx(b["scale"], rel=1e-4) and a["scale"] == pytest.approx(0.5, rel=1e-3)
     assert LabelStore(tmp_path / "ray").label_space == "metric_depth"
+
+
+def test_actor_refuses_weights_with_another_fingerprint(tmp_path, tiny_model):
+    """What each actor checks on its node: its model must have the driver's teacher fingerprint."""
+    from pseudodepth.models import fingerprint
+
+    settings = LabelSettings()
+    teacher = fingerprint(tiny_model, settings.as_dict())
+    label_ray._Teacher("da-v2-tiny", settings, str(tmp_path / "s"), {}, teacher)  # the same weights: accepted
+    with pytest.raises(RuntimeError, match="teacher fingerprint .* but the driver's has 0123456789abcdef"):
+        label_ray._Teacher("da-v2-tiny", settings, str(tmp_path / "s"), {}, "0123456789abcdef")
+    with pytest.raises(RuntimeError, match="fingerprint"):  # same weights, other settings: another teacher
+        label_ray._Teacher("da-v2-tiny", LabelSettings(tta="flip"), str(tmp_path / "s"), {}, teacher)
+
+
+def test_cli_engine_ray(tmp_path, local_ray, monkeypatch, capsys):
+    from pseudodepth import label as local_engine
+    from pseudodepth.cli import main
+
+    def no_local(*args, **kwargs):
+        raise AssertionError("--engine ray ran the local engine")
+
+    monkeypatch.setattr(local_engine, "label_folder", no_local)
+    expect = make_awkward_folder(tmp_path / "imgs")
+    args = ["label", "--engine", "ray", "--model", "da-v2-tiny", "--images", str(tmp_path / "imgs"),
+            "--out", str(tmp_path / "s"), "--batch-size", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    ok = sum(s == "ok" for s in expect.values())
+    assert f"labelled {ok} ok, {len(expect) - ok} failed, 0 already done" in out.out
+    assert _statuses(tmp_path / "s") == expect
+    assert main(args + ["--actors", "5"]) == 0  # nothing left to do: no actors needed
+    assert "0 ok, 0 failed" in capsys.readouterr().out
+    shutil.copy(tmp_path / "imgs" / "plain.jpg", tmp_path / "imgs" / "more.jpg")
+    assert main(args + ["--actors", "5"]) == 2
+    assert "cannot run on a Ray cluster of 2 CPUs" in capsys.readouterr().err

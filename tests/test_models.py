@@ -152,7 +152,7 @@ def test_infer_arch_reads_shapes():
 def test_flip_tta_and_precisions(tiny_model):
     rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     d32 = predict(tiny_model, rgb)
-    assert d32.shape == (40, 60) and d32.dtype == np.float32 and (d32 >= 0).all()
+    assert d32.shape == (40, 60) and d32.dtype == np.float32  # values: tests/test_infer_paths.py
     dbf = predict(tiny_model, rgb, precision="bf16")
     assert np.linalg.norm(dbf - d32) / max(np.linalg.norm(d32), 1e-12) < 0.05
     # flip TTA = mean of the prediction and the flipped prediction of the flipped image

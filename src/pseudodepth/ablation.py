@@ -282,7 +282,10 @@ def setup_text(settings) -> str:
             f"model `{t['model']['init']}`; teacher {t['train']['steps']} steps x {t['train']['batch_size']}; each "
             f"student {s['train']['steps']} steps x {s['train']['batch_size']} (labeled : unlabeled = "
             f"{s['train']['labeled_ratio'][0]} : {s['train']['labeled_ratio'][1]}); input size {settings.input_size}. "
-            "Scored with least-squares scale and shift in disparity per image, metrics in depth.")
+            + (f"The wrong-label students train {wrong['steps']} steps each, with "
+               f"{100 * float(wrong.get('area', 0.25)):g}% of every pseudo-label replaced by wrong depth; compare "
+               "them with each other. " if (wrong := settings.ablation.get("wrong_labels") or {}).get("steps") else "")
+            + "Scored with least-squares scale and shift in disparity per image, metrics in depth.")
 
 
 def student_row(settings) -> str:

@@ -652,9 +652,9 @@ def prepare_out(config: TrainConfig, resume: bool, ctx: Dist) -> tuple[Path, Pat
     """Create ``out/``; refuse to overwrite a run unless resuming. Returns (out, checkpoint to resume)."""
     out = config.out_dir
     checkpoint = latest_checkpoint(out) if resume else None
-    if not resume and latest_checkpoint(out) is not None:
-        raise FileExistsError(f"{out}: already holds a training run (checkpoints/); pass --resume to continue it "
-                              "or choose another train.out / --out")
+    if not resume and (latest_checkpoint(out) is not None or (out / "final").exists()):
+        raise FileExistsError(f"{out}: already holds a training run (checkpoints/ or final/); pass --resume to "
+                              "continue it or choose another train.out / --out")
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
