@@ -12,18 +12,19 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,app]'
 	touch $(STAMP)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/pseudodepth demo --out demo_out
 
-# The report test screenshots report.html in headless Chromium (Debian's package). Installed when
-# missing and possible (root + apt); otherwise that one test skips and says why.
+# The report test screenshots report.html and the app test drives the Gradio page (playwright, pip) in
+# headless Chromium: Debian's package, never a downloaded browser. Installed when missing and possible
+# (root + apt); otherwise those tests skip and say why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
-		echo "chromium not installed: the report screenshot test will skip"
+		echo "chromium not installed: the report screenshot and app browser tests will skip"
 
 test: setup browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider

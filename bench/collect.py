@@ -18,8 +18,13 @@ SECTIONS = [  # (results file, heading, what it measures)
      "feature-alignment weight and `loss.output_anchor`."),
     ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
      "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
+    ("label_throughput_pool.md", "Pseudo-labelling throughput on a pool of 100+ photos (`bench/label_throughput.py --pool`)",
+     "1-3 MP photos made from the 20 real ones, V2-small architecture with random weights, 518 input, each "
+     "variant a whole process."),
     ("label_throughput_gpu.md", "Pseudo-labelling throughput on a GPU (`bench/label_throughput.py`)",
      "The same benchmark on a lent GPU machine."),
+    ("train_throughput.md", "Training throughput (`bench/train_throughput.py`)",
+     "`pseudodepth train` in student mode vs a bare forward + backward + optimizer loop of the same model."),
     ("loss_filter.md", "Top-10% loss filter cost (`bench/loss_filter.py`)",
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",
@@ -28,6 +33,16 @@ SECTIONS = [  # (results file, heading, what it measures)
      "`pseudodepth.models.load_model(DA3MONO-LARGE folder)` and our DA3 preprocessing vs the official DA3 "
      "`DinoV2` + `DPT` and `InputProcessor`, fp32. A sky error of `nan` means both sky maps are all zero "
      "there (random weights), so their relative error is 0 / 0; the mask agreement column covers them."),
+    ("official_metric_agreement.md",
+     "Agreement with the official metric model (`bench/compare_official.py --metric hypersim`)",
+     "`pseudodepth predict --raw` (metres) vs the official `metric_depth` `infer_image`, fp32, on a checkpoint "
+     "recognised as metric by its official file name."),
+    ("metric_demo.md", "Metric pseudo-labels from sparse LiDAR (`bench/metric_demo.py`)",
+     "Relative teacher -> `label --align-to` -> metric student on generated outdoor scenes, 3 seeds."),
+    ("metric_demo_quick.md", "Metric pseudo-labels from sparse LiDAR, quick setting (`bench/metric_demo.py --quick`)",
+     "The same loop at smoke-test size (one seed, minutes): it shows the script runs, not what the method gives."),
+    ("hf_pipeline.md", "transformers' pipeline on a pseudodepth checkpoint (`bench/hf_pipeline.py`)",
+     "`transformers.pipeline(\"depth-estimation\", model=CHECKPOINT)` vs `pseudodepth predict --raw` on real photos."),
 ]
 
 

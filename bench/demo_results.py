@@ -33,13 +33,17 @@ def results_markdown(run: Path) -> str:
             raise SystemExit(f"{path}: missing; run `pseudodepth demo --ablation --out {run}` first "
                              f"(it writes {', '.join(needed)})")
     metrics, info, summary = (json.loads(path.read_text()) for path in needed.values())
+    summary["setup"] = ablation.setup_text(demo.load_settings(quick=info["quick"]))  # the shipped settings
     stages = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in info["seconds"].items())
     seed = info.get("seed", 0)
+    first, last = training_span(run)
     lines = [
         f"Command: `{summary['command']} --out {run.name}`, then `python bench/demo_results.py --run {run.name}`",
         "",
-        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. The whole run took "
-        f"{info['total_seconds'] / 60:.0f} min ({stages}) and {info['cpu_seconds'] / 60:.0f} CPU-minutes.",
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. The last "
+        f"`pseudodepth demo` call took {info['total_seconds'] / 60:.0f} min ({stages}; models it found finished "
+        f"were reused); the {last[1]} trained models of the run were written between {first[0]} and {last[0]} "
+        "(file times of their config.yaml and final/pseudodepth.json).",
         "",
         f"**The demo (`make demo`): student vs teacher vs the image-blind map.** Seed {seed}, the run the "
         "ablation's first seed reuses.",
@@ -53,6 +57,17 @@ def results_markdown(run: Path) -> str:
         lines += [table.markdown(), ""]
     lines += collapsed_runs(summary)
     return "\n".join(lines)
+
+
+def training_span(run: Path) -> tuple[tuple[str, int], tuple[str, int]]:
+    """When the run's trainings started (first ``config.yaml``) and ended (last ``final/pseudodepth.json``),
+    as ``(time, count of trained models)``; the seeds of an ablation may have run in parallel processes."""
+    import time
+
+    starts = [p.stat().st_mtime for p in run.rglob("config.yaml")]
+    ends = [p.stat().st_mtime for p in run.rglob("final/pseudodepth.json")]
+    stamp = lambda times: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(times)) if times else "-"  # noqa: E731
+    return (stamp(min(starts, default=0)), len(starts)), (stamp(max(ends, default=0)), len(ends))
 
 
 def collapsed_runs(summary: dict, share: float = 0.5) -> list[str]:

@@ -124,3 +124,49 @@ def test_example_configs_parse(name: str) -> None:
         assert "dinov2_vit" in config.feature_alignment.frozen  # V1: align to the frozen DINOv2 encoder
     if name.endswith(("_vits", "_vitb", "_vitl")):  # the paper starts teacher and student from DINOv2
         assert "dinov2_vit" in config.model.encoder_from and "depth_anything" not in config.model.encoder_from
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (lambda d: d.update(feature_alignment={"margin": 1.5}), "feature_alignment.margin"),
+    (lambda d: d.update(feature_alignment={"margin": -1.01}), "feature_alignment.margin"),
+    (lambda d: d["optim"].update(betas=[0.9]), "optim.betas"),
+    (lambda d: d["optim"].update(betas=[0.9, 1.0]), "optim.betas"),
+    (lambda d: d["optim"].update(betas=[-0.1, 0.999]), "optim.betas"),
+    (lambda d: d["train"].update(labeled_ratio=[1, 0]), "train.labeled_ratio"),
+    (lambda d: d["train"].update(labeled_ratio=[1, 2, 3]), "train.labeled_ratio"),
+    (lambda d: d.update(augment={"blur_sigma": [2.0, 0.1]}), "augment.blur_sigma"),
+    (lambda d: d.update(augment={"blur_sigma": [0.0, 1.0]}), "augment.blur_sigma"),
+    (lambda d: d.update(augment={"blur_sigma": [0.1]}), "augment.blur_sigma"),
+    (lambda d: d["train"].update(device="tpu"), "train.device"),
+    (lambda d: d["train"].update(device="gpu:0"), "train.device"),
+    (lambda d: d["optim"].update(grad_clip=-1.0), "optim.grad_clip"),
+])
+def test_out_of_range_values_are_named(folder: Path, edit, key: str) -> None:
+    with pytest.raises(ConfigError, match=key) as err:
+        load_config(edited(folder, edit))
+    assert "c.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize(("edit", "key"), [
+    (lambda d: d.update(feature_alignment={"margin": -1.0}), "feature_alignment.margin"),
+    (lambda d: d["optim"].update(betas=[0.0, 0.99]), "optim.betas"),
+    (lambda d: d.update(augment={"blur_sigma": [0.5, 0.5]}), "augment.blur_sigma"),
+    (lambda d: d["train"].update(device="cuda:1"), "train.device"),
+    (lambda d: d["optim"].update(grad_clip=0.0), "optim.grad_clip"),  # 0 turns clipping off
+])
+def test_boundary_values_are_accepted(folder: Path, edit, key: str) -> None:
+    load_config(edited(folder, edit))
+
+
+def test_missing_mode_invalid_yaml_and_missing_file_are_named(folder: Path) -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml: mode is required: teacher, student or metric"):
+        load_config(edited(folder, lambda d: d.pop("mode")))
+    bad = folder / "bad.yaml"
+    bad.write_text("mode: teacher\ntrain: {steps: 4\n")  # unclosed flow mapping
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: expected a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: config file not found"):
+        load_config(folder / "nowhere.yaml")

@@ -57,9 +57,12 @@ def reference_normalized_disparity(depth: np.ndarray, valid: np.ndarray) -> tupl
     return out, keep
 
 
-@pytest.mark.parametrize("case", ["random", "nan_inf", "constant", "one_valid", "none_valid", "tiny_depth"])
+CASES = ["random", "nan_inf", "constant", "one_valid", "none_valid", "tiny_depth"]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_normalized_disparity_matches_slow_reference(case):
-    rng = np.random.default_rng(hash(case) % 2**32)
+    rng = np.random.default_rng(CASES.index(case))  # a fixed seed per case: a failure replays
     depth = rng.uniform(0.5, 80, size=(7, 9)).astype(np.float32)
     valid = rng.random((7, 9)) > 0.2
     if case == "nan_inf":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
+import cv2
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -132,3 +136,52 @@ def test_journal_torn_line_is_not_a_row_and_consolidate_is_atomic(tmp_path):
     assert [r["source"] for r in store.rows()] == ["a.jpg", "b.jpg", "c.jpg"]
     with pytest.raises(ValueError, match="lacks"):
         store.append([{"source": "x"}])
+
+
+def test_reduced_decode_shrinks_jpegs_but_never_below_the_minimum(tmp_path):
+    from PIL import Image
+
+    from pseudodepth.imageio import decode_rgb, decode_rgb_reduced
+
+    rng = np.random.default_rng(0)
+    rgb = cv2.resize(rng.integers(0, 256, (25, 35, 3), dtype=np.uint8), (560, 400), interpolation=cv2.INTER_LINEAR)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    data = buf.getvalue()
+    for need, expect in [((100, 140), (100, 140)), ((90, 100), (100, 140)), ((101, 140), (200, 280)),
+                         ((200, 280), (200, 280)), ((201, 10), (400, 560))]:
+        small, full = decode_rgb_reduced(data, "x.jpg", lambda h, w: need)
+        assert full == (400, 560) and small.shape == (*expect, 3), need
+    small, _ = decode_rgb_reduced(data, "x.jpg", lambda h, w: (100, 140))
+    ref = cv2.resize(decode_rgb(data).astype(np.float32), (140, 100), interpolation=cv2.INTER_AREA)
+    assert np.abs(small - ref).mean() < 1.0  # DCT scaling is close to an area average
+    # EXIF rotation: the minimum is for the upright image; the reduced image is upright too
+    exif = Image.Exif()
+    exif[274] = 6
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    small, full = decode_rgb_reduced(buf.getvalue(), "r.jpg", lambda h, w: (h // 4, w // 4))
+    assert full == (560, 400) and small.shape == (140, 100, 3)
+    # other formats decode in full
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    small, full = decode_rgb_reduced(buf.getvalue(), "p.png", lambda h, w: (10, 10))
+    assert full == (400, 560) and np.array_equal(small, rgb)
+
+
+def test_palette_cmyk_and_exif_files_decode_to_the_right_pixels(tmp_path):
+    make_awkward_folder(tmp_path)
+    # palette PNG: each index looked up in the file's own palette
+    with Image.open(tmp_path / "palette.png") as img:
+        assert img.mode == "P"
+        palette = np.array(img.getpalette(), dtype=np.uint8).reshape(-1, 3)
+        expected = palette[np.asarray(img)]
+    np.testing.assert_array_equal(read_rgb(tmp_path / "palette.png"), expected)
+    # EXIF orientation 6 (rotate 90 degrees clockwise to display): the same JPEG data as plain.jpg, turned
+    np.testing.assert_array_equal(read_rgb(tmp_path / "rotated.jpg"), np.rot90(read_rgb(tmp_path / "plain.jpg"), k=-1))
+    # CMYK JPEG of a smooth image: back to the original colours (within JPEG error), not inverted ones
+    y, x = np.mgrid[0:48, 0:64]
+    rgb = np.dstack([x * 4, y * 5, 255 - x * 2]).astype(np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "smooth_cmyk.jpg", quality=95)
+    got = read_rgb(tmp_path / "smooth_cmyk.jpg").astype(int)
+    assert np.abs(got - rgb).mean() < 3 and np.abs(got - rgb).max() < 40

@@ -118,3 +118,45 @@ def test_cli_label_kill9_then_resume_loses_and_redoes_nothing(tmp_path):
     assert {r["label"]: (store / r["label"]).stat().st_mtime_ns for r in final if r["source"] in committed} == before
     assert not (store / "manifest.journal").exists()
     assert len(list((store / "labels").rglob("*.png"))) == 40
+
+
+def test_resize_on_device_path_matches_the_standard_path(tmp_path, tiny_model, photos):
+    """The GPU path (uint8 to the device, resize + upsample there, non-blocking copies) run with device=cpu."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("demo08.jpg", "demo04.jpg", "demo18.jpg"):
+        (imgs / name).symlink_to(photos / name)
+    make_awkward_folder(imgs / "awkward")
+    std = label_folder("da-v2-tiny", imgs, tmp_path / "std", batch_size=2, workers=0, model=tiny_model,
+                       progress=False)
+    dev = label_folder("da-v2-tiny", imgs, tmp_path / "dev", batch_size=2, workers=1, model=tiny_model,
+                       progress=False, resize_on="device", writer_threads=2)
+    assert (dev.ok, dev.failed) == (std.ok, std.failed)
+    rows_std, rows_dev = LabelStore(tmp_path / "std").rows(), LabelStore(tmp_path / "dev").rows()
+    assert [(r["source"], r["status"], r["height"], r["width"], r["teacher"]) for r in rows_std] == \
+           [(r["source"], r["status"], r["height"], r["width"], r["teacher"]) for r in rows_dev]
+    for a, b in zip(rows_std, rows_dev):
+        if a["status"] != "ok":
+            continue
+        da, db = LabelStore(tmp_path / "std").read_disparity(a), LabelStore(tmp_path / "dev").read_disparity(b)
+        # documented tolerance (README, label): relative L2 < 1e-3 against the official float64 preprocessing
+        assert np.linalg.norm(db - da) / np.linalg.norm(da) < 1e-3, a["source"]
+
+
+def test_reduced_decode_keeps_sizes_and_stays_close(tmp_path, tiny_model, photos):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("demo01.jpg", "demo08.jpg"):  # 2048 x 1362 decodes at 1/2; 640 x 425 cannot shrink
+        (imgs / name).symlink_to(photos / name)
+    std = label_folder("da-v2-tiny", imgs, tmp_path / "std", workers=0, model=tiny_model, progress=False)
+    red = label_folder("da-v2-tiny", imgs, tmp_path / "red", workers=0, model=tiny_model, progress=False,
+                       settings=LabelSettings(reduced_decode=True))
+    assert std.ok == red.ok == 2
+    s_std, s_red = LabelStore(tmp_path / "std"), LabelStore(tmp_path / "red")
+    assert s_std.meta()["teacher"] != s_red.meta()["teacher"], "reduced decoding is part of the teacher fingerprint"
+    assert "reduced_decode" not in LabelSettings().as_dict(), "default stores keep their old fingerprint"
+    for a, b in zip(s_std.rows(), s_red.rows()):
+        assert (a["height"], a["width"]) == (b["height"], b["width"])
+        da, db = s_std.read_disparity(a), s_red.read_disparity(b)
+        err = np.linalg.norm(db - da) / np.linalg.norm(da)
+        assert err == 0 if a["source"] == "demo08.jpg" else 0 < err < 0.05, (a["source"], err)

@@ -7,14 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import ray
 
 from conftest import make_awkward_folder
+from pseudodepth import label_ray
 from pseudodepth.imageio import read_png16
 from pseudodepth.label import LabelSettings, label_folder
 from pseudodepth.store import LabelStore, StoreError
-
-ray = pytest.importorskip("ray")
-label_ray = pytest.importorskip("pseudodepth.label_ray")
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +106,68 @@ def test_killed_actor_is_restarted_and_every_image_committed_once(tmp_path, loca
     for row in store.rows():
         assert row["status"] == "ok" and store.read_disparity(row).shape == (row["height"], row["width"])
     assert not list((tmp_path / "s").rglob(".tmp-*"))
+
+
+def test_metric_alignment_matches_the_local_engine(tmp_path, tiny_model, local_ray):
+    """--align-to on Ray: the same metric labels, scales, shifts and inlier counts as the local engine."""
+    import cv2
+
+    from pseudodepth.align import AlignSettings, sparse_sample
+    from pseudodepth.infer import predict
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "sparse").mkdir()
+    for name in ("a", "b", "c"):
+        rgb = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        cv2.imwrite(str(tmp_path / "imgs" / f"{name}.png"), rgb[..., ::-1])
+        depth = 1.0 / (0.5 * predict(tiny_model, rgb, 42).astype(np.float64) + 0.05)
+        np.save(tmp_path / "sparse" / f"{name}.npy", sparse_sample(depth, depth > 0, 0.1, rng, outlier_fraction=0.2))
+    (tmp_path / "sparse" / "c.npy").unlink()  # no sparse depth: a failed row with the reason
+    settings = LabelSettings(input_size=42, align=AlignSettings(str(tmp_path / "sparse")))
+    report = label_ray.label_folder_ray("da-v2-tiny", tmp_path / "imgs", tmp_path / "ray", settings=settings,
+                                        progress=False)
+    local = label_folder("da-v2-tiny", tmp_path / "imgs", tmp_path / "local", workers=0, settings=settings,
+                         model=tiny_model, progress=False)
+    assert (report.ok, report.failed) == (local.ok, local.failed) == (2, 1)
+    for a, b in zip(LabelStore(tmp_path / "ray").rows(), LabelStore(tmp_path / "local").rows()):
+        assert (a["status"], a["error"], a["inliers"]) == (b["status"], b["error"], b["inliers"])
+        if a["status"] == "ok":
+            assert a["scale"] == pytest.approx(b["scale"], rel=1e-4) and a["scale"] == pytest.approx(0.5, rel=1e-3)
+    assert LabelStore(tmp_path / "ray").label_space == "metric_depth"
+
+
+def test_actor_refuses_weights_with_another_fingerprint(tmp_path, tiny_model):
+    """What each actor checks on its node: its model must have the driver's teacher fingerprint."""
+    from pseudodepth.models import fingerprint
+
+    settings = LabelSettings()
+    teacher = fingerprint(tiny_model, settings.as_dict())
+    label_ray._Teacher("da-v2-tiny", settings, str(tmp_path / "s"), {}, teacher)  # the same weights: accepted
+    with pytest.raises(RuntimeError, match="teacher fingerprint .* but the driver's has 0123456789abcdef"):
+        label_ray._Teacher("da-v2-tiny", settings, str(tmp_path / "s"), {}, "0123456789abcdef")
+    with pytest.raises(RuntimeError, match="fingerprint"):  # same weights, other settings: another teacher
+        label_ray._Teacher("da-v2-tiny", LabelSettings(tta="flip"), str(tmp_path / "s"), {}, teacher)
+
+
+def test_cli_engine_ray(tmp_path, local_ray, monkeypatch, capsys):
+    from pseudodepth import label as local_engine
+    from pseudodepth.cli import main
+
+    def no_local(*args, **kwargs):
+        raise AssertionError("--engine ray ran the local engine")
+
+    monkeypatch.setattr(local_engine, "label_folder", no_local)
+    expect = make_awkward_folder(tmp_path / "imgs")
+    args = ["label", "--engine", "ray", "--model", "da-v2-tiny", "--images", str(tmp_path / "imgs"),
+            "--out", str(tmp_path / "s"), "--batch-size", "3"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    ok = sum(s == "ok" for s in expect.values())
+    assert f"labelled {ok} ok, {len(expect) - ok} failed, 0 already done" in out.out
+    assert _statuses(tmp_path / "s") == expect
+    assert main(args + ["--actors", "5"]) == 0  # nothing left to do: no actors needed
+    assert "0 ok, 0 failed" in capsys.readouterr().out
+    shutil.copy(tmp_path / "imgs" / "plain.jpg", tmp_path / "imgs" / "more.jpg")
+    assert main(args + ["--actors", "5"]) == 2
+    assert "cannot run on a Ray cluster of 2 CPUs" in capsys.readouterr().err

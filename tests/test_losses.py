@@ -447,9 +447,7 @@ def test_pseudo_label_loss_extras_run_and_drop_more():
     base = pseudo_label_loss(pred, target, valid)[1]["dropped_share"]
     confidence = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(9))
     with_confidence = pseudo_label_loss(pred, target, valid, confidence=confidence, min_confidence=0.5)[1]
-    assert with_confidence["dropped_share"] > base + 0.3
-    edge_aware = pseudo_label_terms(pred, target, valid, edge_aware=True, edge_threshold=0.5)
-    assert 0 < edge_aware.kept_count.sum() < edge_aware.valid_count.sum()
+    assert with_confidence["dropped_share"] > base + 0.3  # edge_aware: test_edge_aware_pseudo_label_terms_match_reference
 
 
 @pytest.mark.parametrize(
@@ -602,3 +600,41 @@ def test_cutmix_loss_matches_region_wise_reference():
         pred, label_a, label_b, valid_a, valid_b, mask, loss_fn=partial(pseudo_label_terms, gm_weight=0.0)
     )
     assert no_gm[0].item() == pytest.approx(no_gm[1]["ssi"], rel=1e-12)
+
+
+def ref_depth_edges(target_hat: np.ndarray, valid: np.ndarray, threshold: float) -> np.ndarray:
+    """Pixels with a valid 4-neighbour whose normalised depth differs by more than ``threshold`` (loops)."""
+    edges = np.zeros_like(valid)
+    B, H, W = valid.shape
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                for di, dj in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                    y, x = i + di, j + dj
+                    if (0 <= y < H and 0 <= x < W and valid[b, i, j] and valid[b, y, x]
+                            and abs(target_hat[b, i, j] - target_hat[b, y, x]) > threshold):
+                        edges[b, i, j] = True
+    return edges
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_edge_aware_pseudo_label_terms_match_reference(ratio):
+    """Edge-aware filtering: edge and non-edge pixels ranked separately (each drops its own top ratio),
+    then the filtered ssi + gm_weight * gm on what is kept."""
+    pred, target, valid = random_batch((2, 14, 16), seed=21)
+    target[:, :, 8:] += 3.0  # a depth step: a vertical edge in both images
+    terms = pseudo_label_terms(pred, target, valid, drop_ratio=ratio, gm_weight=0.5, edge_aware=True,
+                               edge_threshold=0.5)
+    p, t, v = np_(pred, target, valid)
+    loss_map, pred_hat, target_hat, v = ref_ssi_map(p, t, v)
+    edges = ref_depth_edges(target_hat, v, 0.5)
+    assert edges.any() and (v & ~edges).any()
+    keep = ref_drop_top(loss_map, v & edges, ratio) | ref_drop_top(loss_map, v & ~edges, ratio)
+    np.testing.assert_array_equal(terms.keep.numpy(), keep)
+    assert not np.array_equal(keep, ref_drop_top(loss_map, v, ratio))  # differs from one global ranking
+    ssi, _ = ref_masked_mean(loss_map, keep)
+    gm = ref_gradient_loss(pred_hat, target_hat, keep, 4)
+    np.testing.assert_allclose(terms.ssi.numpy(), ssi, rtol=1e-9)
+    np.testing.assert_allclose(terms.gm.numpy(), gm, rtol=1e-9)
+    np.testing.assert_allclose(terms.loss.numpy(), [s + 0.5 * g for s, g in zip(ssi, gm)], rtol=1e-9)
+    np.testing.assert_array_equal(terms.kept_count.numpy(), keep.sum((1, 2)))

@@ -119,22 +119,20 @@ def test_version_is_part_of_the_fingerprint(tmp_path):
     assert fingerprint(a) != fingerprint(b)
 
 
-def test_metric_checkpoints_are_recognised_and_refused(tmp_path):
-    from pseudodepth.models import is_metric_checkpoint
+def test_official_metric_names_are_v2_names_and_load_as_metric(tmp_path, capsys):
+    from pseudodepth.models import is_metric, max_depth_of, official_metric_max_depth, version_from_name
 
     state = hf_to_official(build_model("v2", "tiny").state_dict())
-    for name in ("depth_anything_v2_metric_hypersim_vits.pth", "depth_anything_v2_metric_vkitti_vitl.pth"):
-        assert is_metric_checkpoint(name)
+    for name, depth in (("depth_anything_v2_metric_hypersim_vits.pth", 20.0),
+                        ("depth_anything_v2_metric_vkitti_vitl.pth", 80.0)):
+        assert version_from_name(name) == "v2" and official_metric_max_depth(name) == depth
         torch.save(state, tmp_path / name)
-        with pytest.raises(ModelSpecError, match="metric"):
-            load_model(tmp_path / name)
-    assert not is_metric_checkpoint("depth_anything_v2_vits.pth")
-    model = build_model("v2", "tiny")
-    model.config.depth_estimation_type = "metric"
-    model.save_pretrained(tmp_path / "metric_hf", safe_serialization=True)
-    assert is_metric_checkpoint(tmp_path / "metric_hf", {"depth_estimation_type": "metric"})
-    with pytest.raises(ModelSpecError, match="metric"):
-        load_model(tmp_path / "metric_hf")
+        model = load_model(tmp_path / name)
+        assert is_metric(model) and max_depth_of(model) == depth
+        assert model_info(model).version == "v2"
+    assert "not an official" not in capsys.readouterr().err  # official names: no guess announced
+    assert official_metric_max_depth("depth_anything_v2_vits.pth") is None
+    assert version_from_name("depth_anything_v2_metric_nyu_vits.pth") is None
 
 
 def test_folders_whose_weights_do_not_all_map_are_refused(tmp_path):
@@ -226,7 +224,7 @@ def test_infer_arch_reads_shapes():
 def test_flip_tta_and_precisions(tiny_model):
     rgb = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     d32 = predict(tiny_model, rgb)
-    assert d32.shape == (40, 60) and d32.dtype == np.float32 and (d32 >= 0).all()
+    assert d32.shape == (40, 60) and d32.dtype == np.float32  # values: tests/test_infer_paths.py
     dbf = predict(tiny_model, rgb, precision="bf16")
     assert np.linalg.norm(dbf - d32) / max(np.linalg.norm(d32), 1e-12) < 0.05
     # flip TTA = mean of the prediction and the flipped prediction of the flipped image

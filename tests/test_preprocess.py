@@ -85,3 +85,17 @@ def test_upsample_align_corners_reference():
                             + fy * (1 - fx) * d[:, y1, x0] + fy * fx * d[:, y1, x1])
     assert torch.allclose(out, ref, atol=1e-6)
     assert upsample(d, (5, 7)) is d
+
+
+@pytest.mark.parametrize("shape", [(425, 640), (1362, 2048), (300, 200), (518, 700)])
+def test_prepare_tensor_matches_the_official_float64_pipeline(shape):
+    from pseudodepth.preprocess import prepare_tensor
+
+    rng = np.random.default_rng(shape[0])
+    smooth = cv2.resize(rng.integers(0, 256, (shape[0] // 8 + 2, shape[1] // 8 + 2, 3), dtype=np.uint8),
+                        (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+    noisy = np.clip(smooth.astype(int) + rng.integers(-20, 21, smooth.shape), 0, 255).astype(np.uint8)
+    ref = official_prepare_reference(noisy)
+    got = prepare_tensor(torch.from_numpy(noisy), ref.shape[1:]).numpy()
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 2e-3 and np.abs(got - ref).mean() < 1e-4

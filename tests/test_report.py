@@ -131,6 +131,18 @@ def test_read_log_and_plot_curves(tmp_path):
                          tmp_path / "figs" / "curves.png", smooth=2, columns_per_row=2)
     with Image.open(png) as image:  # 2 x 2 grid, the fourth cell hidden
         assert image.width > 1000 and image.height > 600
+        rgb = np.asarray(image.convert("RGB")).astype(int)
+    first, second = (31, 119, 180), (255, 127, 14)  # matplotlib's C0 and C1: each panel's 1st and 2nd line
+
+    def pixels(cell: np.ndarray, colour) -> int:
+        return int((np.abs(cell - np.array(colour)).max(axis=-1) <= 12).sum())
+
+    h, w = rgb.shape[0] // 2, rgb.shape[1] // 2
+    total, pseudo, absent, hidden = rgb[:h, :w], rgb[:h, w:], rgb[h:, :w], rgb[h:, w:]
+    assert pixels(total, first) > 200 and pixels(total, second) > 200  # teacher and student loss
+    assert pixels(pseudo, first) > 200 and pixels(pseudo, second) == 0  # only the student has unlabeled_loss
+    assert pixels(absent, first) == pixels(absent, second) == 0  # no run has the column: an empty plot
+    assert (hidden >= 250).all()  # the unused fourth cell is blank
 
 
 def moving_average_reference(values, window):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -87,7 +88,6 @@ def test_samples_read_back_exactly(store, export):
 
 
 def test_webdataset_reads_the_shards(export):
-    wds = pytest.importorskip("webdataset")
     samples = list(wds.WebDataset([str(p) for p in read_index(export).paths], shardshuffle=False))
     assert len(samples) == 8
     assert all({"jpg", "depth.png", "json"} <= set(s) for s in samples)

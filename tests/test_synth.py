@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import cv2
 import numpy as np
@@ -236,18 +235,6 @@ def test_invalid_domain_config_names_the_problem():
     with pytest.raises(ValueError, match="a room needs wall_styles"):
         DomainConfig(name="bad", layout="room", object_kinds={"box": 1.0}, n_objects=(1, 2),
                      object_distance=(1.0, 5.0), floor_styles=("tiles",))
-
-
-def test_render_time_is_reported(capsys):
-    for domain in ("source", "target"):
-        render_scene(domain, 0)
-        start = time.perf_counter()
-        for seed in range(3):
-            rgb, depth, valid = render_scene(domain, seed)
-        elapsed = (time.perf_counter() - start) / 3
-        assert rgb.shape == (256, 256, 3) and depth.shape == valid.shape == (256, 256)
-        with capsys.disabled():
-            print(f"\nsynth: {domain} 256x256 scene in {elapsed * 1000:.1f} ms")
 
 
 # ----------------------------------------------------------------------------- writing

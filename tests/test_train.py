@@ -70,11 +70,30 @@ def test_too_small_dataset_is_explained() -> None:
         StepBatches(WeightedSources([Sized(3)], [1.0]), 4, seed=0, start=0, steps=1, name="data.labeled")
 
 
-def test_teacher_overfits_and_writes_a_loadable_model(tmp_path: Path) -> None:
+def saved_state_matches(folder: Path, expected: dict[str, torch.Tensor]) -> None:
+    """The model SPEC in ``folder`` loads with exactly the ``expected`` weights."""
+    loaded = load_model(folder).state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(loaded[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_teacher_overfits_and_writes_a_loadable_model(tmp_path: Path, monkeypatch) -> None:
+    import pseudodepth.train as train_module
+
     torch.manual_seed(0)
     labeled_folder(tmp_path / "labeled", count=2)  # 42 x 42: the crop is the whole image
-    config = load_config(write_config(tmp_path / "c.yaml", train={"steps": 30, "save_every": 15},
+    config = load_config(write_config(tmp_path / "c.yaml", train={"steps": 30, "save_every": 15,
+                                                                  "debug_dump_weights": True},
                                       augment={"flip_p": 0.0}))
+    at_checkpoint: dict[int, dict] = {}
+    real_save = train_module.save_training_state
+
+    def recording_save(out, step, model, *args, **kwargs):
+        at_checkpoint[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return real_save(out, step, model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_training_state", recording_save)
     final = train(config)
     rows = read_log(tmp_path / "run")
     assert [int(r["step"]) for r in rows] == list(range(1, 31))
@@ -82,11 +101,14 @@ def test_teacher_overfits_and_writes_a_loadable_model(tmp_path: Path) -> None:
     losses = [float(r["loss"]) for r in rows]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
     assert float(rows[0]["lr_decoder"]) == pytest.approx(10 * float(rows[0]["lr_encoder"]))
-    model = load_model(final)
-    assert model(pixel_values=torch.zeros(1, 3, 42, 42)).predicted_depth.shape == (1, 42, 42)
-    assert (tmp_path / "run" / "config.yaml").is_file()
-    assert (tmp_path / "run" / "checkpoints" / "step_000015" / "trainer.pt").is_file()
-    assert load_model(tmp_path / "run" / "checkpoints" / "step_000015") is not None
+    trained = torch.load(tmp_path / "run" / "rank0_weights.pt", weights_only=True)  # the weights in memory at the end
+    saved_state_matches(final, trained)
+    assert any(not torch.equal(v, load_model("da-v2-tiny").state_dict()[k]) for k, v in trained.items())
+    assert load_config(tmp_path / "run" / "config.yaml").to_dict() == config.to_dict()
+    assert list(at_checkpoint) == [15]
+    saved_state_matches(tmp_path / "run" / "checkpoints" / "step_000015", at_checkpoint[15])
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step_000015" / "trainer.pt", weights_only=True)
+    assert state["step"] == 15 and len(state["optimizer"]["state"]) > 0
     with pytest.raises(FileExistsError, match="--resume"):  # never silently overwrite a run
         train(config)
 
@@ -104,6 +126,7 @@ def test_student_with_label_store(tmp_path: Path) -> None:
         tmp_path / "c.yaml", mode="student", train={"steps": 3, "batch_size": 3},
         data={"unlabeled": [{"type": "label_store", "root": "labels"}]},
         feature_alignment={"enabled": True}, augment={"cutmix_p": 1.0}))
+    config.train.debug_dump_weights = True
     final = train(config)
     rows = read_log(tmp_path / "run")
     assert len(rows) == 3
@@ -115,6 +138,7 @@ def test_student_with_label_store(tmp_path: Path) -> None:
     assert float(rows[0]["feature_alignment"]) == 0.0  # the student starts as the frozen encoder: all > margin
     assert load_model(final) is not None
     assert json.loads((final / "pseudodepth.json").read_text())["licence"] == "CC-BY-NC-4.0"  # inherited
+    saved_state_matches(final, torch.load(tmp_path / "run" / "rank0_weights.pt", weights_only=True))
 
 
 def test_dead_output_is_warned_about() -> None:
@@ -174,7 +198,7 @@ def test_tiny_example_configs_train_end_to_end(tmp_path: Path) -> None:
     write_domain(configs / "tiny_data" / "unlabeled", "target", 16, 100, (64, 80), with_depth=False)
     label_folder(str(teacher), configs / "tiny_data" / "unlabeled" / "images", configs / "tiny_data" / "labels",
                  workers=0, progress=False)
-    student = train(load_config(configs / "tiny_student.yaml"))
+    student = train(load_config(configs / "tiny_student.yaml", {"train": {"debug_dump_weights": True}}))
     rows = read_log(student.parent)
     assert int(rows[-1]["step"]) == 60 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
-    assert load_model(student) is not None
+    saved_state_matches(student, torch.load(student.parent / "rank0_weights.pt", weights_only=True))

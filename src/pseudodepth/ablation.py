@@ -112,8 +112,9 @@ def corrupt_store(source: Path, out: Path, area: float, seed: int) -> Path:
     rows = []
     for row in clean.rows("ok"):
         disparity, _ = wrong_regions(clean.read_disparity(row), area, rng)
-        low, high = corrupted.write_label(row["label"], disparity)
-        rows.append({**row, "min": low, "max": high, "teacher": fingerprint})
+        low, high, invalid = corrupted.write_label(row["label"], disparity)
+        # the clean store's confidence maps are not copied: the corrupted rows name none
+        rows.append({**row, "min": low, "max": high, "invalid": invalid, "confidence": "", "teacher": fingerprint})
     corrupted.append(rows)
     corrupted.consolidate()
     return out
@@ -282,7 +283,10 @@ def setup_text(settings) -> str:
             f"model `{t['model']['init']}`; teacher {t['train']['steps']} steps x {t['train']['batch_size']}; each "
             f"student {s['train']['steps']} steps x {s['train']['batch_size']} (labeled : unlabeled = "
             f"{s['train']['labeled_ratio'][0]} : {s['train']['labeled_ratio'][1]}); input size {settings.input_size}. "
-            "Scored with least-squares scale and shift in disparity per image, metrics in depth.")
+            + (f"The wrong-label students train {wrong['steps']} steps each, with "
+               f"{100 * float(wrong.get('area', 0.25)):g}% of every pseudo-label replaced by wrong depth; compare "
+               "them with each other. " if (wrong := settings.ablation.get("wrong_labels") or {}).get("steps") else "")
+            + "Scored with least-squares scale and shift in disparity per image, metrics in depth.")
 
 
 def student_row(settings) -> str:

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: weights
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def _model_args(p: argparse.ArgumentParser, repeat: bool = False) -> None:
+def _model_args(p: argparse.ArgumentParser, repeat: bool = False, max_depth_flag: str = "--max-depth") -> None:
     p.add_argument("--model", required=True, action="append" if repeat else "store",
                    help="official Depth Anything .pth, Hugging Face folder, Depth Anything 3 mono folder "
                    "(DA3MONO-LARGE, DA3METRIC-LARGE), pseudodepth checkpoint, or preset (e.g. da-v2-small)"
@@ -24,6 +24,9 @@ def _model_args(p: argparse.ArgumentParser, repeat: bool = False) -> None:
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--tta", choices=["flip"], default=None, help="flip test-time augmentation")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument(max_depth_flag, dest="model_max_depth", type=float, default=None, metavar="METRES",
+                   help="load the model as metric depth with this range (sigmoid * max depth; official metric "
+                   "checkpoints: 20 for hypersim, 80 for vkitti, read from the file name)")
 
 
 def _cuda() -> bool:
@@ -39,7 +42,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .predict import predict_files
 
     written, errors = predict_files(a.model, a.images, a.out, raw=a.raw, input_size=a.input_size,
-                                    precision=a.precision, tta=a.tta, device=a.device, version=a.version)
+                                    precision=a.precision, tta=a.tta, device=a.device, version=a.version,
+                                    max_depth=a.model_max_depth)
     for e in errors:
         print(f"skipped {e}", file=sys.stderr)
     print(f"wrote {len(written)} files to {a.out}" + (f"; {len(errors)} images skipped" if errors else ""))
@@ -47,10 +51,16 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_label(a: argparse.Namespace) -> int:
+    from .align import AlignSettings
     from .label import LabelSettings, label_folder
 
-    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square, max_pixels=a.max_pixels,
-                             confidence=a.confidence)
+    align = None
+    if a.align_to is not None:
+        align = AlignSettings(a.align_to, png_scale=a.sparse_png_scale, min_points=a.min_points,
+                              max_depth=a.align_max_depth)
+    settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square,
+                             max_depth=a.model_max_depth, align=align,
+                             reduced_decode=a.reduced_decode, max_pixels=a.max_pixels, confidence=a.confidence)
     if a.engine == "ray":
         from .label_ray import label_folder_ray
 
@@ -59,7 +69,8 @@ def cmd_label(a: argparse.Namespace) -> int:
                                   version=a.version)
     else:
         report = label_folder(a.model, a.images, a.out, batch_size=a.batch_size, workers=a.workers,
-                              settings=settings, overwrite=a.overwrite, device=a.device, version=a.version)
+                              settings=settings, overwrite=a.overwrite, device=a.device, version=a.version,
+                              compile=a.compile, resize_on=a.resize_on, writer_threads=a.writer_threads)
     for line in report.failures[:20]:
         print(f"failed {line}", file=sys.stderr)
     print(report.summary())
@@ -69,9 +80,10 @@ def cmd_label(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_table, name_models
 
-    results = evaluate(name_models(a.model, a.name), a.data, space=a.space, input_size=a.input_size,
+    results = evaluate(name_models(a.model, a.name), a.data, space=a.space or ["disparity"], input_size=a.input_size,
                        precision=a.precision, tta=a.tta, limit=a.limit, out_dir=a.out, device=a.device,
-                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop, version=a.version)
+                       min_depth=a.min_depth, max_depth=a.max_depth, crop=a.crop, version=a.version,
+                       model_max_depth=a.model_max_depth)
     print(format_table(results))
     print(f"wrote metrics.json, per_image.csv, table.md to {a.out}")
     return 0
@@ -115,21 +127,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["local", "ray"], default="local")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--actors", type=int, default=None, help="Ray: number of model actors (default: one per GPU, else 1)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (a one-off compilation per network size; pays off on large folders)")
+    p.add_argument("--reduced-decode", action="store_true",
+                   help="decode large JPEGs at 1/2, 1/4 or 1/8 size (never below the network size): faster, "
+                        "labels differ slightly from the official preprocessing (see README)")
+    p.add_argument("--resize-on", choices=["worker", "device"], default=None,
+                   help="resize in the decode workers (official float64, default on CPU) or on the model's "
+                        "device (default on a GPU)")
+    p.add_argument("--writer-threads", type=int, default=None,
+                   help="threads that upsample, encode and write labels (default: half the CPUs, at most 8)")
+    p.add_argument("--align-to", default=None, metavar="SPARSE",
+                   help="metric labels: align each prediction to the image's sparse metric depth in SPARSE "
+                   "(SPARSE/<image path without ext>.npy|.csv|.png: an H x W depth map with 0 where missing, "
+                   "or N x 3 / csv points u,v,z) by a RANSAC least-squares scale and shift")
+    p.add_argument("--sparse-png-scale", type=float, default=256.0,
+                   help="--align-to .png depth maps: metres = value / scale (256: KITTI LiDAR maps)")
+    p.add_argument("--min-points", type=int, default=10,
+                   help="--align-to: images with fewer valid sparse points become failed rows")
+    p.add_argument("--align-max-depth", type=float, default=None, metavar="METRES",
+                   help="--align-to: aligned depth beyond this is stored as invalid (0)")
     p.set_defaults(func=cmd_label)
 
+    from .adapt import add_adapt_parser
+    from .app import add_app_parser
     from .demo import add_demo_parser
     from .train import add_train_parser
 
+    add_adapt_parser(sub)
     add_train_parser(sub)
     add_demo_parser(sub)
 
-    p = sub.add_parser("eval", help="zero-shot relative-depth metrics (least-squares affine alignment)")
-    _model_args(p, repeat=True)
+    p = sub.add_parser("eval", help="zero-shot depth metrics (affine alignment, or metric with --space metric)")
+    _model_args(p, repeat=True, max_depth_flag="--model-max-depth")
     p.add_argument("--name", action="append", default=None, help="display name per --model (same order)")
     p.add_argument("--data", required=True, help="TYPE:PATH[,key=value...] (folder, nyu_mat, kitti, diode, sintel, "
                    "eth3d, hypersim, vkitti2), a .yaml/.json source file, or a folder")
-    p.add_argument("--space", choices=["disparity", "depth"], default="disparity",
-                   help="alignment space: disparity (Depth Anything) or depth (models that predict depth)")
+    p.add_argument("--space", choices=["disparity", "depth", "metric"], action="append", default=None,
+                   help="protocol: least-squares alignment in disparity (Depth Anything, the default) or depth "
+                   "space, or metric (metric models' metres, no alignment); repeat for protocols side by side")
     p.add_argument("--out", default="eval_out")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     p.add_argument("--min-depth", type=float, default=None)
@@ -143,16 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar and index.json")
     p.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     p.set_defaults(func=cmd_shards)
+
+    add_app_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as typed: what an interrupted or finished run tells you to run again
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"pseudodepth {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C: one line (what was saved, how to continue), no traceback
+        from .interrupt import interrupt_line
+
+        print(f"\npseudodepth {args.command}: {interrupt_line(args, argv, err)}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,16 +11,24 @@ the file, the section and the key:
 
 Sections and their defaults (the Depth Anything V2 recipe)::
 
-    mode: teacher | student
-    model: {init: da-v2-small, encoder_from: null}
+    mode: teacher | student | metric
+    model: {init: da-v2-small, encoder_from: null, max_depth: null}
     data: {labeled: [{type: folder, root: ..., weight: 1.0}], unlabeled: [{type: label_store, root: ...}]}
-    loss: {ssi_weight: 1.0, gm_weight: 2.0, drop_top_ratio: 0.1, edge_aware: false, output_anchor: 1.0}
+    loss: {ssi_weight: 1.0, gm_weight: 2.0, drop_top_ratio: 0.1, edge_aware: false, output_anchor: 1.0,
+           silog_lambda: 0.5, min_depth: 0.001}
     augment: {strong: true, cutmix_p: 0.5, flip_p: 0.5, brightness: 0.5, ...}
     feature_alignment: {enabled: false, frozen: null, margin: 0.85, weight: 1.0}
     optim: {encoder_lr: 5.0e-6, decoder_lr_mult: 10, weight_decay: 0.01, betas: [0.9, 0.999],
             schedule: poly, warmup_steps: 0, power: 0.9, grad_clip: 1.0}
     train: {steps: 20000, batch_size: 12, labeled_ratio: [1, 2], crop_size: 518, precision: fp32,
             seed: 0, workers: 4, log_every: 10, save_every: 1000, out: runs/train, device: auto}
+
+``mode: metric`` fine-tunes metric depth like V2's ``metric_depth/train.py``: the SiLog loss
+(``silog_lambda``) on depth in metres over ``min_depth <= depth <= model.max_depth``, a head ending
+in ``sigmoid * max_depth``; ``model.init`` is a relative SPEC (its encoder is kept, the decoder starts
+fresh, as the official ``--pretrained-from``) or a metric one (kept whole; ``max_depth`` then defaults
+to its own). ``data.labeled`` holds depth in metres; ``data.unlabeled`` may hold metric label stores
+(``label --align-to`` or a metric teacher), which get the strong perturbations and CutMix.
 
 Data entries are the source specs of :func:`pseudodepth.data.make_source` plus an optional
 ``weight`` (how many times the source is drawn per epoch relative to its size: 2.0 = every sample
@@ -48,7 +56,7 @@ import yaml
 
 from pseudodepth.data.augment import StrongPerturbation
 from pseudodepth.data.sources import SOURCE_TYPES
-from pseudodepth.models import PRESETS
+from pseudodepth.models import PRESETS, spec_is_metric
 
 PATCH_SIZE = 14
 _SOURCE_PATH_KEYS = ("root", "image_root", "depth_root", "list_file", "path", "index")
@@ -73,11 +81,15 @@ class ModelConfig:
     encoder_from: str | None = None
     version: str | None = None
     init_seed: int | None = None  # a preset's random initialisation (None: the preset's fixed seed 0)
+    max_depth: float | None = None  # mode metric: the head's range in metres (20 indoor, 80 outdoor)
 
 
 @dataclass
 class DataConfig:
-    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label stores or one shard export."""
+    """Labeled ground-truth sources and unlabeled (pseudo-labeled) label stores or one shard export.
+
+    A student may have no labeled source (Depth Anything V2's setting: pseudo-labels only); then
+    every image of a batch is pseudo-labeled and ``train.labeled_ratio`` is not used."""
 
     labeled: list[dict] = field(default_factory=list)
     unlabeled: list[dict] = field(default_factory=list)
@@ -100,6 +112,8 @@ class LossConfig:
     # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip`) is below X are
     # dropped before the top-n% filter (label-store sources only)
     confidence: dict | None = None
+    silog_lambda: float = 0.5  # mode metric: SiLog variance focus (official 0.5)
+    min_depth: float = 0.001  # mode metric: pixels nearer than this are not trained on (official 1e-3)
 
 
 @dataclass
@@ -171,7 +185,7 @@ class TrainSection:
 class TrainConfig:
     """A whole training run. ``base_dir`` is the config file's folder (relative paths resolve there)."""
 
-    mode: Literal["teacher", "student"]
+    mode: Literal["teacher", "student", "metric"]
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -394,17 +408,41 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
              f"must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     _require(config.model.version in (None, "v1", "v2"), file, "model.version",
              f"must be v1, v2 or absent, got {config.model.version!r}")
-    _require(bool(config.data.labeled), file, "data.labeled", "needs at least one labeled source")
+    if config.mode == "metric":
+        _require(bool(config.data.labeled or config.data.unlabeled), file, "data",
+                 "needs a labeled source (depth in metres) or a metric label store in mode: metric")
+        _require(0 <= loss.silog_lambda <= 1, file, "loss.silog_lambda", f"must be in [0, 1], got {loss.silog_lambda}")
+        _require(loss.min_depth >= 0, file, "loss.min_depth", f"must be >= 0, got {loss.min_depth}")
+        max_depth = config.model.max_depth
+        _require(max_depth is None or max_depth > loss.min_depth, file, "model.max_depth",
+                 f"must be > loss.min_depth ({loss.min_depth}) metres, got {max_depth}")
+        _require(not fa.enabled, file, "feature_alignment.enabled", "is not part of the metric recipe (mode: metric)")
+        _require(not any(s.get("type") == "shards" for s in config.data.unlabeled if isinstance(s, dict)), file,
+                 "data.unlabeled", "in mode: metric takes metric label stores ({type: label_store, root: ...}), "
+                 "not shard exports")
+        if config.data.labeled and config.data.unlabeled:
+            _require(t.batch_size >= 2, file, "train.batch_size",
+                     f"must be >= 2 with labeled and unlabeled data, got {t.batch_size}")
+        if check_paths and max_depth is None:
+            init = resolve_model(config.model.init, config.base_dir)
+            _require(spec_is_metric(init), file, "model.max_depth",
+                     f"is required in mode: metric when model.init ({config.model.init}) is a relative model: "
+                     "20 for indoor scenes, 80 for driving (the official Hypersim / Virtual KITTI ranges)")
+    else:  # a student may have no labeled source: V2's setting, pseudo-labels only
+        _require(bool(config.data.labeled) or config.mode == "student", file, "data.labeled",
+                 "needs at least one labeled source")
+        _require(config.model.max_depth is None, file, "model.max_depth", "applies to mode: metric only")
     if config.mode == "student":
         _require(bool(config.data.unlabeled), file, "data.unlabeled",
                  "needs a label store or shard export in student mode (run `pseudodepth label` first)")
-        _require(t.batch_size >= 2, file, "train.batch_size",
-                 f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
-        parts = sum(t.labeled_ratio) if len(t.labeled_ratio) == 2 else 1
-        _require(t.batch_size % parts == 0, file, "train.batch_size",
-                 f"= {t.batch_size} cannot be split {t.labeled_ratio[0]} : {t.labeled_ratio[1]} (labeled : unlabeled); "
-                 f"use a multiple of {parts}")
-    else:
+        if config.data.labeled:  # without labeled sources every image of a batch is pseudo-labeled (V2)
+            _require(t.batch_size >= 2, file, "train.batch_size",
+                     f"must be >= 2 in student mode (labeled + unlabeled images), got {t.batch_size}")
+            parts = sum(t.labeled_ratio) if len(t.labeled_ratio) == 2 else 1
+            _require(t.batch_size % parts == 0, file, "train.batch_size",
+                     f"= {t.batch_size} cannot be split {t.labeled_ratio[0]} : {t.labeled_ratio[1]} (labeled : "
+                     f"unlabeled); use a multiple of {parts}")
+    elif config.mode == "teacher":
         _require(not config.data.unlabeled, file, "data.unlabeled",
                  "must be empty in teacher mode (the teacher trains on labeled data only); use mode: student")
         _require(not fa.enabled, file, "feature_alignment.enabled",
@@ -424,7 +462,7 @@ def config_from_dict(data: Any, base_dir: str | os.PathLike = ".", file: str | o
     file = Path(file)
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a mapping with the sections mode, model, data, ...; got {data!r}")
-    _require("mode" in data, file, "mode", "is required: teacher or student")
+    _require("mode" in data, file, "mode", "is required: teacher, student or metric")
     config = _section(TrainConfig, data, "top level", file)
     config.base_dir = Path(base_dir).resolve()
     return validate(config, file, check_paths)

@@ -18,7 +18,11 @@ A model is a SPEC (preset, official ``.pth``, model folder; see :func:`pseudodep
 a loaded Depth Anything model, or any callable ``rgb (H x W x 3 uint8) -> H x W prediction`` (for
 methods outside this toolkit or precomputed predictions). With ``space="disparity"`` (Depth
 Anything, MiDaS) the prediction is an affine-invariant disparity; with ``space="depth"`` it is
-treated as depth (e.g. metric Depth Anything) and aligned in depth space.
+treated as depth and aligned in depth space; ``space="metric"`` is the metric protocol: metric
+models' metres are scored as they are (no alignment, clipped to the range). A metric model under
+``"disparity"`` is aligned as the disparity ``1 / depth``. Several spaces (``space=["disparity",
+"metric"]``) put both protocols side by side: one row per model and space, named ``model (space)``;
+relative models have no metric row.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from tqdm import tqdm
 
 from pseudodepth import imageio, infer, metrics
 from pseudodepth.data.sources import SOURCE_TYPES, DepthSource, SourceConfigError, make_source
-from pseudodepth.models import load_model, model_info
+from pseudodepth.models import is_metric, load_model, model_info
 
 __all__ = [
     "CROP_CHOICES",
@@ -246,16 +250,21 @@ def _describe(model: ModelLike) -> str:
         return getattr(model, "__name__", type(model).__name__)
 
 
+SPACES = ("disparity", "depth", "metric")
+
+
 def _predictor(model: ModelLike, device: str | torch.device, input_size: int | None, precision: str,
-               tta: str | None, version: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A function rgb -> raw prediction at the image's resolution (``version``: of official ``.pth`` SPECs)."""
+               tta: str | None, version: str | None = None,
+               max_depth: float | None = None) -> tuple[Callable[[np.ndarray], np.ndarray], bool | None]:
+    """(a function rgb -> raw prediction at the image's resolution, whether it is metric: None if unknown);
+    ``version`` applies to official ``.pth`` SPECs."""
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model, version=version, device=device)
+        model = load_model(model, version=version, device=device, max_depth=max_depth)
     if isinstance(model, torch.nn.Module):
         model.eval()
-        return lambda rgb: infer.predict(model, rgb, input_size, precision, tta)
+        return (lambda rgb: infer.predict(model, rgb, input_size, precision, tta)), is_metric(model)
     if callable(model):
-        return model
+        return model, None
     raise TypeError(f"a model must be a SPEC, a loaded model or a callable rgb -> prediction, "
                     f"got {type(model).__name__}")
 
@@ -290,7 +299,7 @@ def evaluate(
     models: Mapping[str, ModelLike],
     data: DataLike,
     *,
-    space: str = "disparity",
+    space: str | Sequence[str] = "disparity",
     input_size: int | None = None,
     precision: str = "fp32",
     tta: str | None = None,
@@ -303,6 +312,7 @@ def evaluate(
     crop: str | None = "dataset",
     kb_crop: bool | None = None,
     version: str | None = None,
+    model_max_depth: float | None = None,
 ) -> dict[str, dict[str, float]]:
     """Zero-shot metrics of every model on ``data``: ``{name: aggregate metrics}``.
 
@@ -320,8 +330,9 @@ def evaluate(
     """
     if not models:
         raise ValueError("give at least one model to evaluate")
-    if space not in ("disparity", "depth"):
-        raise ValueError(f"space must be 'disparity' or 'depth', got {space!r}")
+    spaces = [space] if isinstance(space, str) else list(dict.fromkeys(space))
+    if not spaces or any(s not in SPACES for s in spaces):
+        raise ValueError(f"space must be one or several of {', '.join(SPACES)}, got {space!r}")
     infer.check_settings(precision, tta)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of images, got {limit}")
@@ -329,28 +340,52 @@ def evaluate(
     source = _override(source, min_depth=min_depth, max_depth=max_depth, crop=crop, kb_crop=kb_crop)
     if source.kind != "labeled":
         raise ValueError(f"{source.name} holds pseudo-labels, not ground-truth depth; evaluate on labeled data")
-    predictors = {name: _predictor(model, device, input_size, precision, tta, version) for name, model in models.items()}
+    predictors = {name: _predictor(model, device, input_size, precision, tta, version, model_max_depth)
+                  for name, model in models.items()}
+    runs = _protocols(predictors, spaces)  # (row name, model name, space, prediction is metric depth)
 
     count = len(source) if limit is None else min(limit, len(source))
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+    rows: dict[str, list[dict[str, Any]]] = {run[0]: [] for run in runs}
     for index in tqdm(range(count), desc="eval", unit="img", disable=not progress, dynamic_ncols=True):
         rgb, depth, valid = _load_sample(source, index)
         image = source.samples[index].name
-        for name, predict in predictors.items():
-            pred = _prediction(predict, rgb, name, image)
+        predictions = {name: _prediction(predict, rgb, name, image) for name, (predict, _) in predictors.items()}
+        for row_name, name, run_space, metric_output in runs:
+            pred = predictions[name]
+            if metric_output and run_space == "disparity":  # a metric model under the relative protocol
+                with np.errstate(divide="ignore"):
+                    pred = np.where(pred > 0, 1.0 / pred, np.nan)
             scores = metrics.evaluate_image(pred, depth, valid, source.min_depth, source.max_depth,
-                                            crop=source.eval_crop, space=space)
-            rows[name].append({"model": name, "index": index, "image": image, **scores})
+                                            crop=source.eval_crop, space=run_space)
+            rows[row_name].append({"model": row_name, "index": index, "image": image, **scores})
 
     results = {name: metrics.aggregate(model_rows) for name, model_rows in rows.items()}
     if out_dir is not None:
-        settings = {"space": space, "input_size": input_size, "precision": precision, "tta": tta, "limit": limit,
+        settings = {"space": spaces if len(spaces) > 1 else spaces[0], "input_size": input_size, "precision": precision, "tta": tta, "limit": limit,
                     "models": {name: _describe(model) for name, model in models.items()}}
         data_info = {"spec": data_spec, "name": source.name, "n_samples": len(source), "min_depth": source.min_depth,
                      "max_depth": source.max_depth, "crop": source.eval_crop, "kb_crop": source.kb_crop}
         write_outputs(out_dir, results, [row for model_rows in rows.values() for row in model_rows],
                       data_info, settings)
     return results
+
+
+def _protocols(predictors: Mapping[str, tuple[Callable, bool | None]], spaces: Sequence[str]) -> list[tuple]:
+    """``(row name, model name, space, metric output)`` of every evaluation to run.
+
+    A relative model has no metric protocol: asked for it alone, that is an error; beside other
+    protocols its metric row is left out."""
+    runs = []
+    for name, (_, metric) in predictors.items():
+        for space in spaces:
+            if space == "metric" and metric is False:
+                if len(spaces) == 1:
+                    raise ValueError(f"model {name!r} predicts relative disparity, which has no metric scale; "
+                                     "evaluate it with --space disparity, or add it beside: --space disparity "
+                                     "--space metric")
+                continue
+            runs.append((f"{name} ({space})" if len(spaces) > 1 else name, name, space, bool(metric)))
+    return runs
 
 
 # --------------------------------------------------------------------------- outputs

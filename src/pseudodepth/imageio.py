@@ -12,6 +12,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -64,6 +65,23 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
     Raises :class:`ImageError` (naming ``name``) for empty, truncated, corrupt or non-image data, and
     for images of more than ``max_pixels`` pixels (read from the header: nothing is decoded).
     """
+    return decode_rgb_reduced(data, name, max_pixels=max_pixels)[0]
+
+
+# EXIF orientations that swap width and height (transpose, 90 and 270 degree rotations)
+_SWAPS_AXES = (5, 6, 7, 8)
+
+
+def decode_rgb_reduced(data: bytes, name: str | os.PathLike = "<bytes>",
+                       min_size: Callable[[int, int], tuple[int, int]] | None = None,
+                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
+    """Like :func:`decode_rgb`, optionally letting a JPEG decode at 1/2, 1/4 or 1/8 of its size.
+
+    ``min_size(height, width)`` of the upright full image gives the smallest (height, width) the
+    decoded image must keep; JPEG's DCT-domain scaling then skips most of the decoding work for photos
+    much larger than that (other formats decode in full). Returns (upright RGB, upright full (H, W)).
+    Images of more than ``max_pixels`` pixels are refused from the header, before any decoding.
+    """
     if not data:
         raise ImageError(name, "empty file (0 bytes); remove it or re-download it")
     try:
@@ -72,6 +90,11 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(name, f"{width} x {height} = {width * height:,} pixels, above the limit of "
                                        f"{max_pixels:,} (not decoded); downscale it or raise --max-pixels")
+            swap = img.getexif().get(0x0112, 1) in _SWAPS_AXES
+            full = (img.width, img.height) if swap else (img.height, img.width)
+            if min_size is not None and img.format == "JPEG":
+                h, w = min_size(*full)
+                img.draft(None, (h, w) if swap else (w, h))  # file orientation: (width, height)
             img.load()  # forces a full decode: truncated files raise here
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb8(img)
@@ -83,7 +106,7 @@ def decode_rgb(data: bytes, name: str | os.PathLike = "<bytes>", max_pixels: int
         raise ImageError(name, f"corrupt or truncated image ({err})") from None
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageError(name, f"decoded to an empty image of shape {rgb.shape}")
-    return rgb
+    return rgb, full
 
 
 def read_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:

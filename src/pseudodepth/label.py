@@ -14,10 +14,12 @@ flight, never a committed row. The Ray engine (:mod:`pseudodepth.label_ray`) reu
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,20 +29,27 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import infer
+from .align import AlignError, AlignSettings, align_to_sparse
 from .confidence import METHODS as CONFIDENCE_METHODS
 from .confidence import FORMULA as CONFIDENCE_FORMULA
 from .confidence import agreement
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb, list_files, safe_join
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_files, safe_join
 from .licences import licence_of, non_commercial_notice
-from .models import fingerprint, load_model, model_info
-from .preprocess import DEFAULT_INPUT_SIZE, prepare, upsample
+from .models import fingerprint, load_model, model_info, prediction_space
+from .preprocess import DEFAULT_INPUT_SIZE, network_size, prepare, prepare_tensor, upsample
 from .store import LabelStore, StoreError, label_paths
 
 
 @dataclass
 class LabelSettings:
-    """Everything that changes label values (part of the teacher fingerprint), and ``max_pixels``:
-    images above it become failed rows without being decoded (it changes no label value)."""
+    """Everything that changes label values: part of the teacher fingerprint.
+
+    ``max_depth`` loads the teacher as a metric model with that range (``--max-depth``); ``align``
+    makes metric labels from a relative teacher and sparse metric depth (``--align-to``,
+    :mod:`pseudodepth.align`). Both are left out of the fingerprint when unset, so stores written
+    before they existed keep their fingerprint. ``max_pixels``: images above it become failed rows
+    without being decoded (it changes no label value).
+    """
 
     input_size: int | None = None  # None: the model's own (518; DA3: 504)
     precision: str = "fp32"
@@ -49,11 +58,27 @@ class LabelSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize: str = "lower_bound"  # set from the model by :func:`for_model`
     confidence: str | None = None  # "flip": a confidence map per label (:mod:`pseudodepth.confidence`)
+    max_depth: float | None = None
+    align: AlignSettings | None = None
+    reduced_decode: bool = False  # JPEGs decoded at 1/2, 1/4 or 1/8 scale while >= the network size
 
     def as_dict(self) -> dict:
         out = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
                "keep_aspect": self.keep_aspect, "resize": self.resize}
-        return {**out, "confidence": self.confidence} if self.confidence else out
+        if self.confidence:
+            out["confidence"] = self.confidence
+        if self.max_depth is not None:
+            out["max_depth"] = self.max_depth
+        if self.align is not None:
+            out["align"] = self.align.as_dict()
+        if self.reduced_decode:  # only when on, so that stores labelled before it existed keep their fingerprint
+            out["reduced_decode"] = True
+        return out
+
+    def label_space(self, model) -> str:
+        """What the store will hold: ``"metric_depth"`` for a metric teacher or with ``align``, else ``"disparity"``."""
+        return "metric_depth" if self.align is not None or prediction_space(model) == "depth" else "disparity"
+
 
     def for_model(self, model) -> LabelSettings:
         """These settings with the model's preprocessing and default input size filled in."""
@@ -78,22 +103,37 @@ class LabelReport:
                 f"{self.images_per_second:.2f} images/s over {self.seconds:.1f} s")
 
 
-def load_item(root: Path, rel: str, settings: LabelSettings) -> dict:
-    """Read, hash, decode and preprocess one source. Never raises for bad images: returns an error item."""
-    item = {"source": rel, "hash": "", "error": "", "height": 0, "width": 0, "pixels": None}
+def load_item(root: Path, rel: str, settings: LabelSettings, resize: bool = True) -> dict:
+    """Read, hash, decode and preprocess one source. Never raises for bad images: returns an error item.
+
+    ``resize=True``: ``pixels`` is the official float32 network input (CPU, float64 OpenCV resize).
+    ``resize=False``: ``pixels`` is the decoded uint8 RGB, resized later on the model's device
+    (:func:`pseudodepth.preprocess.prepare_tensor`). ``size`` is the network (height, width) either way.
+    """
+    item = {"source": rel, "hash": "", "error": "", "height": 0, "width": 0, "pixels": None, "size": (0, 0)}
     try:
         data = safe_join(root, rel, follow_links=True).read_bytes()
     except (OSError, ValueError) as err:
         item["error"] = f"cannot read file: {err}"
         return item
     item["hash"] = hashlib.sha256(data).hexdigest()
+
+    def net(h: int, w: int) -> tuple[int, int]:
+        return network_size(h, w, settings.input_size, settings.keep_aspect)
+
     try:
-        rgb = decode_rgb(data, rel, settings.max_pixels)
+        reduce = settings.reduced_decode and settings.resize == "lower_bound"  # DA3 decodes in full
+        rgb, (h, w) = decode_rgb_reduced(data, rel, net if reduce else None, settings.max_pixels)
     except ImageError as err:
         item["error"] = err.reason
         return item
-    item["height"], item["width"] = rgb.shape[:2]
-    item["pixels"] = prepare(rgb, settings.input_size, settings.keep_aspect, settings.resize)
+    item["height"], item["width"] = h, w
+    if settings.resize != "lower_bound":  # DA3: its own resize, always in the workers
+        item["pixels"] = prepare(rgb, settings.input_size, settings.keep_aspect, settings.resize)
+        item["size"] = tuple(item["pixels"].shape[1:])
+        return item
+    item["size"] = net(h, w)
+    item["pixels"] = prepare(rgb, size=item["size"]) if resize else np.require(rgb, requirements="W")
     return item
 
 
@@ -112,21 +152,36 @@ def confidence_path(label: str) -> str:
     return "confidence/" + label.split("/", 1)[1]
 
 
-def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tensor | None,
-                teacher: str, align_corners: bool, confidence: torch.Tensor | None = None) -> dict:
-    """Turn one processed item into a manifest row, writing its label (network-res disparity in) and
-    its confidence map when given."""
+def finish_item(store: LabelStore, item: dict, label: str, prediction: torch.Tensor | None,
+                teacher: str, align_corners: bool, settings: LabelSettings | None = None,
+                space: str = "disparity", confidence: torch.Tensor | None = None) -> dict:
+    """Turn one processed item into a manifest row, writing its label (network-res prediction in) and
+    its confidence map when given.
+
+    ``space`` is what the teacher predicts (``"disparity"`` or metric ``"depth"``). With
+    ``settings.align`` the prediction is aligned to the image's sparse metric depth and the label
+    holds metres; an image whose alignment fails becomes a failed row with the reason.
+    """
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
-           "teacher": teacher, "invalid": 0, "confidence": ""}
-    if disparity is None:
+           "teacher": teacher, "invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None}
+    if prediction is None:
         return row
     size = (item["height"], item["width"])
+    full = upsample(prediction[None].float(), size, align_corners)[0].numpy()
+    align = settings.align if settings is not None else None
+    if align is not None:
+        try:
+            full, fit = align_to_sparse(full, item["source"], space, align)
+        except AlignError as err:
+            row["error"] = f"metric alignment: {err}"
+            return row
+        row.update(scale=fit.scale, shift=fit.shift, inliers=fit.n_inliers)
     if confidence is not None:  # written first: a row never names a confidence map that is not there
         row["confidence"] = confidence_path(label)
         store.write_confidence(row["confidence"], upsample(confidence[None].float(), size, align_corners)[0].numpy())
-    full = upsample(disparity[None].float(), size, align_corners)[0].numpy()
-    lo, hi, invalid = store.write_label(label, full)
+    metric = align is not None or space == "depth"
+    lo, hi, invalid = store.write_label(label, full, "metric_depth" if metric else "disparity")
     row.update(status="ok", error="", label=label, min=lo, max=hi, invalid=invalid)
     return row
 
@@ -134,7 +189,8 @@ def finish_item(store: LabelStore, item: dict, label: str, disparity: torch.Tens
 def store_meta(model_spec: str, model, settings: LabelSettings, images: Path) -> dict:
     """``store.json`` contents (besides the fingerprint): model SPEC, version, licence, settings, source folder."""
     meta = {"model": str(model_spec), "version": model_info(model).version, "licence": licence_of(model_spec),
-            "settings": settings.as_dict(), "source_root": str(images)}
+            "settings": settings.as_dict(), "source_root": str(images),
+            "labels": settings.label_space(model), "prediction": prediction_space(model)}
     if settings.confidence:
         meta["confidence"] = {"method": settings.confidence, "formula": CONFIDENCE_FORMULA}
     return meta
@@ -159,33 +215,43 @@ def plan(store: LabelStore, images: Path, teacher: str, meta: dict, overwrite: b
 
 
 class _Sources(Dataset):
-    def __init__(self, root: Path, rels: list[str], settings: LabelSettings):
-        self.root, self.rels, self.settings = root, rels, settings
+    def __init__(self, root: Path, rels: list[str], settings: LabelSettings, resize: bool):
+        self.root, self.rels, self.settings, self.resize = root, rels, settings, resize
 
     def __len__(self) -> int:
         return len(self.rels)
 
     def __getitem__(self, i: int) -> dict:
-        return load_item(self.root, self.rels[i], self.settings)
+        return load_item(self.root, self.rels[i], self.settings, self.resize)
 
 
 class _Writer(threading.Thread):
-    """Background writer: upsample, encode, write, commit rows. Errors are re-raised in the main thread."""
+    """Labels off the critical path: a pool of threads upsamples, encodes and writes (OpenCV and torch release
+    the GIL); this thread commits the rows in order. Errors are re-raised in the main thread."""
 
     def __init__(self, store: LabelStore, labels: dict, teacher: str, align_corners: bool, report: LabelReport,
-                 progress):
+                 progress, settings: LabelSettings, space: str, threads: int = 1):
         super().__init__(daemon=True)
         self.q: queue.Queue = queue.Queue(maxsize=4)
+        self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="label-writer")
         self.args = (store, labels, teacher, align_corners)
+        self.settings, self.space = settings, space
         self.report, self.progress, self.error = report, progress, None
 
-    def run(self) -> None:
+    def _finish(self, item: dict, disparity, confidence, done) -> dict:
+        if done is not None:
+            done.synchronize()  # the non-blocking device -> host copy of this batch has landed
         store, labels, teacher, align = self.args
-        while (job := self.q.get()) is not None:
+        return finish_item(store, item, labels[item["source"]], disparity, teacher, align, self.settings, self.space,
+                           confidence)
+
+    def run(self) -> None:
+        store = self.args[0]
+        while (futures := self.q.get()) is not None:
             if self.error is not None:
                 continue
             try:
-                rows = [finish_item(store, it, labels[it["source"]], d, teacher, align, c) for it, d, c in job]
+                rows = [f.result() for f in futures]
                 store.append(rows)
                 for r in rows:
                     if r["status"] == "ok":
@@ -197,32 +263,84 @@ class _Writer(threading.Thread):
             except BaseException as err:  # noqa: BLE001 - surfaced by put()/close()
                 self.error = err
 
-    def put(self, job: list) -> None:
+    def put(self, job: list, done=None) -> None:
+        """Queue (item, disparity, confidence or None) triples; ``done`` is a CUDA event to wait for before
+        reading the disparities."""
         if self.error is not None:
             raise self.error
-        self.q.put(job)
+        self.q.put([self.pool.submit(self._finish, it, d, c, done) for it, d, c in job])
 
     def close(self) -> None:
         self.q.put(None)
         self.join()
+        self.pool.shutdown()
         if self.error is not None:
             raise self.error
 
 
+def _to_device(array, device: torch.device) -> torch.Tensor:
+    """Host array (the DataLoader hands tensors) -> tensor on ``device``: pinned memory + non-blocking copy on a GPU."""
+    t = torch.as_tensor(array)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def run_batch(model, items: list[dict], settings: LabelSettings, on_device: bool, align_corners: bool = True):
+    """One batch of equal network size -> (disparities, confidences (None each without --confidence),
+    CUDA event or None).
+
+    Standard path: stacked CPU-prepared inputs, network-resolution disparities (the writer upsamples).
+    ``on_device``: uint8 images go to the model's device, are resized and normalised there, and the
+    disparities come back at source resolution by a non-blocking copy (wait for the event before use).
+    """
+    device = next(model.parameters()).device
+    if not on_device:
+        x = _to_device(torch.stack([torch.as_tensor(it["pixels"]) for it in items]), device)
+        disparity, confidence = predict_batch(model, x, settings)
+        return list(disparity), list(confidence) if confidence is not None else [None] * len(items), None
+    size = items[0]["size"]
+    x = torch.stack([prepare_tensor(_to_device(it["pixels"], device), size) for it in items])
+    out = infer.forward(model, x, settings.precision, settings.tta)
+    full = []
+    for it, d in zip(items, out):
+        up = upsample(d[None], (it["height"], it["width"]), align_corners)[0]
+        host = torch.empty(up.shape, dtype=up.dtype, pin_memory=device.type == "cuda")
+        full.append(host.copy_(up, non_blocking=device.type == "cuda"))
+    done = None
+    if device.type == "cuda":
+        done = torch.cuda.Event()
+        done.record()
+    return full, [None] * len(items), done
+
+
 def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_size: int = 4, workers: int = 2,
                  settings: LabelSettings | None = None, overwrite: bool = False, device: str = "cpu",
-                 model=None, progress: bool = True, version: str | None = None) -> LabelReport:
-    """Pseudo-label every file under ``images`` into the label store ``out``; resumes if interrupted."""
+                 model=None, progress: bool = True, version: str | None = None, compile: bool = False,
+                 resize_on: str | None = None, writer_threads: int | None = None) -> LabelReport:
+    """Pseudo-label every file under ``images`` into the label store ``out``; resumes if interrupted.
+
+    ``resize_on``: ``"worker"`` (the official float64 resize in the decode workers; default on CPU) or
+    ``"device"`` (uint8 images resized on the model's device, labels upsampled there; default on a GPU).
+    ``compile``: ``torch.compile`` the model (one compilation per network size). ``writer_threads``:
+    threads that upsample, encode and write labels (default: half the CPUs, at most 8).
+    """
     settings = settings or LabelSettings()
     infer.check_settings(settings.precision, settings.tta)
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    resize_on = resize_on or ("device" if torch.device(device).type == "cuda" else "worker")
+    if resize_on not in ("worker", "device"):
+        raise ValueError(f"resize_on must be 'worker' or 'device', got {resize_on!r}")
+    if settings.align is not None:
+        settings.align.check()
     images = Path(images).resolve()
     if settings.confidence not in (None, *CONFIDENCE_METHODS):
         raise ValueError(f"--confidence must be one of {CONFIDENCE_METHODS}, got {settings.confidence!r}")
     if settings.max_pixels < 1:
         raise ValueError(f"--max-pixels must be >= 1, got {settings.max_pixels}")
-    model = model if model is not None else load_model(model_spec, version=version, device=device)
+    model = model if model is not None else load_model(model_spec, version=version, device=device,
+                                                         max_depth=settings.max_depth)
     settings = settings.for_model(model)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
@@ -231,25 +349,31 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
         todo, labels, done = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run(model, store, images, todo, labels, teacher, settings, batch_size, workers, progress,
-                    LabelReport(skipped=done))
+                    LabelReport(skipped=done), compile, resize_on, writer_threads)
 
 
 def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,
-         settings: LabelSettings, batch_size: int, workers: int, progress: bool, report: LabelReport) -> LabelReport:
+         settings: LabelSettings, batch_size: int, workers: int, progress: bool, report: LabelReport,
+         compile: bool = False, resize_on: str = "worker", writer_threads: int | None = None) -> LabelReport:
     align = infer.align_corners(model)
+    space = prediction_space(model)
+    if compile:
+        model = torch.compile(model)
+    # DA3 (its own resize) and confidence maps (a flipped pass) are prepared in the workers
+    on_device = resize_on == "device" and settings.resize == "lower_bound" and not settings.confidence
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
-    writer = _Writer(store, labels, teacher, align, report, bar)
+    threads = writer_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
+    writer = _Writer(store, labels, teacher, align, report, bar, settings, space, threads)
     writer.start()
-    loader = DataLoader(_Sources(images, todo, settings), batch_size=None, num_workers=workers,
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    loader = DataLoader(_Sources(images, todo, settings, resize=not on_device), batch_size=None,
+                        num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
     buckets: dict[tuple[int, int], list[dict]] = {}
     start = time.perf_counter()
 
     def run_bucket(key):
         items = buckets.pop(key)
-        x = torch.from_numpy(np.stack([it["pixels"] for it in items]))
-        out_batch, confidence = predict_batch(model, x, settings)
-        writer.put(list(zip(items, out_batch, confidence if confidence is not None else [None] * len(items))))
+        disparities, confidences, event = run_batch(model, items, settings, on_device, align)
+        writer.put(list(zip(items, disparities, confidences)), event)
 
     failed = True
     try:
@@ -257,7 +381,7 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
             if item["pixels"] is None:
                 writer.put([(item, None, None)])
                 continue
-            key = tuple(item["pixels"].shape[1:])
+            key = tuple(item["size"])
             buckets.setdefault(key, []).append(item)
             if len(buckets[key]) >= batch_size:
                 run_bucket(key)

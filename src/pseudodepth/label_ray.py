@@ -25,7 +25,11 @@ has the driver's teacher fingerprint, so a node with other weights fails the run
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import socket
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,7 +41,7 @@ from tqdm import tqdm
 from . import infer
 from .label import (LabelReport, LabelSettings, announce_licence, finish_item, load_item, plan, predict_batch,
                     store_meta)
-from .models import fingerprint, load_model
+from .models import fingerprint, load_model, prediction_space
 from .store import LabelStore, StoreError
 
 # A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
@@ -72,7 +76,8 @@ class _Teacher:
     def __init__(self, model_spec: str, settings: LabelSettings, store_root: str, labels: dict[str, str],
                  teacher: str, version: str | None = None):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_spec, version=version, device=self.device)
+        self.model = load_model(model_spec, version=version, device=self.device, max_depth=settings.max_depth)
+        self.space = prediction_space(self.model)
         self.settings, self.labels, self.teacher = settings, labels, teacher
         self.store = LabelStore(store_root)
         self.align = infer.align_corners(self.model)
@@ -99,9 +104,24 @@ class _Teacher:
         for it, d, c in zip(items, disparities, confidences):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
                     "height": int(it["height"]), "width": int(it["width"])}
-            rows.append(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher, self.align, c))
+            rows.append(_to_columns(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher,
+                                                self.align, self.settings, self.space, c)))
         _maybe_crash()
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+
+def _to_columns(row: dict) -> dict:
+    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1."""
+    return {**row, "scale": math.nan if row["scale"] is None else row["scale"],
+            "shift": math.nan if row["shift"] is None else row["shift"],
+            "inliers": -1 if row["inliers"] is None else row["inliers"]}
+
+
+def _from_columns(row: dict) -> dict:
+    """Inverse of :func:`_to_columns`."""
+    return {**row, "scale": None if math.isnan(row["scale"]) else row["scale"],
+            "shift": None if math.isnan(row["shift"]) else row["shift"],
+            "inliers": None if row["inliers"] < 0 else row["inliers"]}
 
 
 def _maybe_crash() -> None:
@@ -115,6 +135,69 @@ def _maybe_crash() -> None:
     os._exit(1)
 
 
+class ClusterError(RuntimeError):
+    """A Ray cluster that cannot be used: unreachable, or refusing this process's token. One line, says what to do."""
+
+
+AUTH_HELP = ("export RAY_AUTH_MODE=token and give this process the cluster's token: copy the head node's "
+             "~/.ray/auth_token (`ray get-auth-token` on the head prints it) to ~/.ray/auth_token here, or set "
+             "RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN=TOKEN")
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"--address {address!r} is not HOST:PORT; give the head node's address and the --port "
+                           "of its `ray start --head` (e.g. 10.0.0.1:6379)")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (Ray's C++ client logs each refused attempt there) for a short probe."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def check_cluster(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, in one line, if the Ray cluster at ``address`` is unreachable or refuses our token.
+
+    ``ray.init(address=...)`` would otherwise retry for ~20 s (40 s when nothing listens) and end in a
+    traceback. Token authentication is Ray's own (``RAY_AUTH_MODE=token`` with ``RAY_AUTH_TOKEN``,
+    ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); Ray never sends a token to an explicit address
+    unless ``RAY_AUTH_MODE=token`` is set, so neither do we.
+    """
+    host, port = _host_port(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise ClusterError(f"no Ray cluster answers at {host}:{port} ({err.strerror or err}); start one with "
+                           f"`ray start --head --port={port}` on {host}, or pass the right --address") from None
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        with _quiet_stderr():
+            GcsClient(address=f"{host}:{port}").internal_kv_get(b"pseudodepth-probe", None, timeout=timeout)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE", "")
+        why = ("refused this process's token" if mode.lower() == "token"
+               else "requires token authentication (RAY_AUTH_MODE is not 'token' here)")
+        raise ClusterError(f"the Ray cluster at {host}:{port} {why}; {AUTH_HELP}") from None
+    except Exception as err:  # noqa: BLE001 - anything else: not a Ray head at that port
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ClusterError(f"{host}:{port} does not answer as a Ray head node ({line}); pass the --port of "
+                           "`ray start --head` as --address HOST:PORT") from None
+
+
 def connect(address: str | None = None) -> None:
     """Use the running Ray, connect to the cluster at ``address``, or start a local Ray on this machine."""
     import ray
@@ -122,6 +205,7 @@ def connect(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
+        check_cluster(address)
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
@@ -161,7 +245,15 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     if batch_size < 1 or (num_actors is not None and num_actors < 1):
         raise ValueError("--batch-size and --actors must be >= 1")
     images, out = Path(images).resolve(), Path(out).resolve()
-    model = load_model(model_spec, version=version)  # the driver's copy only fixes the teacher fingerprint
+    if address:
+        import ray
+
+        if not ray.is_initialized():
+            check_cluster(address)  # before any work: an unreachable or unauthorised cluster fails at once
+    if settings.align is not None:
+        settings.align.check()
+    # the driver's copy only fixes the teacher fingerprint
+    model = load_model(model_spec, version=version, max_depth=settings.max_depth)
     settings = settings.for_model(model)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
@@ -206,7 +298,8 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
     failed = True
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = [r for r in block.to_pylist() if r["source"] not in committed]  # never commit a row twice
+            rows = [_from_columns(r) for r in block.to_pylist()
+                    if r["source"] not in committed]  # never commit a row twice
             store.append(rows)
             for r in rows:
                 committed.add(r["source"])

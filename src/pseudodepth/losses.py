@@ -651,3 +651,39 @@ def cutmix_loss(
     )
     stats["cutmix_area"] = float(area.mean())
     return loss, stats
+
+
+# --------------------------------------------------------------------------- metric depth
+
+
+def silog_loss(pred: Tensor, target: Tensor, valid: Tensor, lambd: float = 0.5) -> Tensor:
+    """Scale-invariant log loss of metric depth, as Depth Anything V2's ``metric_depth/util/loss.py``.
+
+    Over the valid pixels of the **whole batch** taken together (the official ``target[valid_mask]``
+    flattens the batch), with ``d = log(target) - log(pred)``::
+
+        L = sqrt(mean(d^2) - lambd * mean(d)^2)        (lambd = 0.5: the official "variance focus")
+
+    ``pred`` and ``target`` are depths in metres (``B x H x W``); ``valid`` should already exclude
+    pixels outside the training range (the official step passes ``valid & min_depth <= target <=
+    max_depth``) and non-finite targets are excluded here. No valid pixel: 0 with a graph. As in the
+    official code there is no clamping: the prediction must be > 0 on valid pixels (a sigmoid head
+    times ``max_depth`` is, until it underflows).
+    """
+    _check_maps("silog_loss", pred, target, valid)
+    if not 0 <= lambd <= 1:
+        raise ValueError(f"pseudodepth.losses.silog_loss: lambd must be in [0, 1], got {lambd}")
+    valid = _valid_target(target, valid) & (target > 0)
+    if not bool(valid.any()):
+        return pred.sum() * 0.0
+    diff_log = torch.log(target[valid]) - torch.log(pred[valid])
+    return torch.sqrt(diff_log.pow(2).mean() - lambd * diff_log.mean().pow(2))
+
+
+def metric_cutmix_target(target_a: Tensor, target_b: Tensor, valid_a: Tensor, valid_b: Tensor,
+                         mask: Tensor) -> tuple[Tensor, Tensor]:
+    """The target of a CutMix image in metres: ``b`` inside ``mask`` (B x H x W bool), ``a`` outside.
+
+    Metric depth needs no per-source alignment, so one mixed map replaces the two-part loss of
+    :func:`cutmix_loss`."""
+    return torch.where(mask, target_b, target_a), torch.where(mask, valid_b, valid_a)

@@ -247,7 +247,8 @@ def evaluate_image(pred_disp: Any, gt_depth: Any, valid: Any, min_depth: float, 
     """Metrics of one image: mask, least-squares alignment, clipping, `depth_metrics`.
 
     `pred_disp` is the raw prediction at ground-truth resolution (disparity for `space="disparity"`,
-    depth for `space="depth"`); `crop` is a name for `crop_mask` or a boolean H x W array.
+    depth for `space="depth"`, metres for `space="metric"`, which is not aligned, only clipped);
+    `crop` is a name for `crop_mask` or a boolean H x W array.
     Evaluation pixels: `valid & isfinite(gt) & min_depth < gt < max_depth & crop & isfinite(pred)`.
     An image without such pixels returns NaN metrics with `n_valid = 0`.
     """
@@ -261,7 +262,10 @@ def evaluate_image(pred_disp: Any, gt_depth: Any, valid: Any, min_depth: float, 
                 & np.isfinite(pred))
     if not mask.any():
         return {**{name: float("nan") for name in METRIC_NAMES}, "n_valid": 0}
-    aligned = align_least_squares(pred, gt, mask, space, min_depth=min_depth, max_depth=max_depth)
+    if space == "metric":
+        aligned = np.clip(np.where(np.isfinite(pred), pred, max_depth), min_depth, max_depth)
+    else:
+        aligned = align_least_squares(pred, gt, mask, space, min_depth=min_depth, max_depth=max_depth)
     return depth_metrics(aligned, gt, mask)
 
 

@@ -14,7 +14,12 @@ with one line on stderr saying so when the name is not an official one (:func:`r
 
 Loading never returns a partly random model: every tensor of the file must map onto the network and
 every tensor of the network must come from the file, else :class:`ModelSpecError` names what is
-missing or unexpected. Metric checkpoints (:func:`is_metric_checkpoint`) are refused for now.
+missing or unexpected. 
+Metric models (V2's ``metric_depth``: the same network whose head ends in ``sigmoid * max_depth``
+instead of a ReLU, output in metres) are ``transformers``' ``depth_estimation_type="metric"`` with
+``max_depth``; its head is exactly the official one (``conv3 -> Sigmoid -> * max_depth``). Official
+metric ``.pth`` files are recognised by their name (:func:`official_metric_max_depth`: hypersim 20 m,
+vkitti 80 m); ``max_depth=`` overrides.
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ class ModelInfo:
 ModelSpecError = da3.DA3Error  # one error type for every model SPEC problem (DA3 loading raises it too)
 
 
-def make_config(version: str, size: str) -> DepthAnythingConfig:
-    """The ``transformers`` config of an official architecture (``out_indices`` are 1-based there)."""
+def make_config(version: str, size: str, max_depth: float | None = None) -> DepthAnythingConfig:
+    """The ``transformers`` config of an official architecture (``out_indices`` are 1-based there).
+
+    With ``max_depth`` the model is metric: its head ends in ``sigmoid * max_depth`` (metres)."""
     if size not in ARCHS:
         raise ModelSpecError(f"unknown model size {size!r}; expected one of {sorted(ARCHS)}")
     arch = ARCHS[size]
@@ -111,8 +118,35 @@ def make_config(version: str, size: str) -> DepthAnythingConfig:
         neck_hidden_sizes=list(arch.out_channels),
         fusion_hidden_size=arch.features,
         head_hidden_size=32,
-        depth_estimation_type="relative",
+        depth_estimation_type="relative" if max_depth is None else "metric",
+        max_depth=1.0 if max_depth is None else float(max_depth),
     )
+
+
+def is_metric(model) -> bool:
+    """True for metric models (output in metres), False for relative ones (affine-invariant disparity)."""
+    return getattr(getattr(model, "module", model).config, "depth_estimation_type", "relative") == "metric"
+
+
+def prediction_space(model) -> str:
+    """What the model outputs: ``"depth"`` (metres, metric models) or ``"disparity"`` (relative models)."""
+    return "depth" if is_metric(model) else "disparity"
+
+
+def max_depth_of(model) -> float | None:
+    """The metric model's ``max_depth`` (metres), None for a relative model."""
+    return float(getattr(model, "module", model).config.max_depth) if is_metric(model) else None
+
+
+def set_max_depth(model, max_depth: float) -> None:
+    """Change a metric model's output range (the head computes ``sigmoid * max_depth``)."""
+    if not is_metric(model):
+        raise ModelSpecError("max_depth applies to metric models only; this model predicts relative disparity")
+    if not max_depth > 0:
+        raise ModelSpecError(f"max_depth must be > 0 metres, got {max_depth}")
+    model = getattr(model, "module", model)
+    model.config.max_depth = float(max_depth)
+    model.head.max_depth = float(max_depth)
 
 
 def _official_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -170,7 +204,8 @@ def _finish(model: DepthAnythingForDepthEstimation, info: ModelInfo) -> DepthAny
     return model.eval()
 
 
-def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str | None = None):
+def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str | None = None,
+                max_depth: float | None = None):
     """A randomly initialised model; the same ``seed`` gives bit-identical weights every time.
 
     The encoder keeps ``transformers``' DINOv2 initialisation (truncated normal, as DINOv2). The DPT
@@ -178,15 +213,17 @@ def build_model(version: str, size: str, seed: int = DEFAULT_SEED, source: str |
     has: ``transformers``' ``normal(0, 0.02)`` with zero biases makes the output ~1e-6, and the
     final ReLU can die at the first optimiser step. The last convolution's bias starts at 1 so that
     the final ReLU is alive on every pixel for every seed (with a default bias some seeds start dead).
+    With ``max_depth`` the model is metric (sigmoid head, default bias: the output starts mid-range).
     """
-    config = make_config(version, size)
+    config = make_config(version, size, max_depth)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DepthAnythingForDepthEstimation(config)
         for module in [*model.neck.modules(), *model.head.modules()]:
             if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 module.reset_parameters()
-        torch.nn.init.ones_(model.head.conv3.bias)
+        if max_depth is None:
+            torch.nn.init.ones_(model.head.conv3.bias)
     return _finish(model, ModelInfo(version, size, source or f"da-{version}-{size}"))
 
 
@@ -215,7 +252,7 @@ def infer_arch(state: dict[str, torch.Tensor]) -> str:
 
 VERSIONS = ("v1", "v2")
 V1_NAME = re.compile(r"depth_anything_vit[sbl]14\.pth")  # the official V1 release names, exactly
-V2_NAME = re.compile(r"depth_anything_v2_vit[sblg]\.pth")  # the official V2 release names, exactly
+V2_NAME = re.compile(r"depth_anything_v2_(metric_(hypersim|vkitti)_)?vit[sblg]\.pth")  # the official V2 release names (relative and metric), exactly
 
 
 def version_from_name(path: str | Path) -> str | None:
@@ -243,23 +280,14 @@ def resolve_version(path: str | Path, version: str | None = None) -> str:
     return "v2"
 
 
-METRIC_NAME = re.compile(r"metric_(hypersim|vkitti)", re.IGNORECASE)
+OFFICIAL_METRIC_DEPTHS = {"hypersim": 20.0, "vkitti": 80.0}  # metric_depth's training ranges (metres)
 
 
-def is_metric_checkpoint(path: str | Path, config: dict | None = None) -> bool:
-    """True for a Depth Anything V2 *metric* checkpoint: an official name containing
-    ``metric_hypersim`` / ``metric_vkitti``, or a model config whose ``depth_estimation_type`` is
-    ``metric``. (DA3METRIC is a depth model of its own, handled by :mod:`pseudodepth.da3`.)"""
-    if METRIC_NAME.search(Path(path).name):
-        return True
-    return bool(config) and config.get("depth_estimation_type") == "metric"
-
-
-def refuse_metric(path: str | Path) -> None:
-    raise ModelSpecError(
-        f"{path}: a metric Depth Anything checkpoint (sigmoid x max depth); pseudodepth does not load "
-        "metric models yet; use a relative-depth checkpoint (e.g. depth_anything_v2_vitl.pth)"
-    )
+def official_metric_max_depth(name: str | Path) -> float | None:
+    """The max depth of an official V2 metric checkpoint from its file name
+    (``depth_anything_v2_metric_hypersim_vits.pth`` -> 20, ``..._metric_vkitti_...`` -> 80), else None."""
+    match = re.search(r"metric_(hypersim|vkitti)", Path(name).name, re.IGNORECASE)
+    return OFFICIAL_METRIC_DEPTHS[match.group(1).lower()] if match else None
 
 
 def check_keys(path: str | Path, missing: list[str], unexpected: list[str], what: str) -> None:
@@ -276,8 +304,12 @@ def check_keys(path: str | Path, missing: list[str], unexpected: list[str], what
     raise ModelSpecError(f"{path}: does not match {what}: {'; '.join(parts)}; refusing to load a partly random model")
 
 
-def load_official(path: str | Path, version: str | None = None) -> DepthAnythingForDepthEstimation:
-    """Load an official Depth Anything V1/V2 ``.pth`` (never unpickles code: ``weights_only=True``)."""
+def load_official(path: str | Path, version: str | None = None,
+                  max_depth: float | None = None) -> DepthAnythingForDepthEstimation:
+    """Load an official Depth Anything V1/V2 ``.pth`` (never unpickles code: ``weights_only=True``).
+
+    Metric checkpoints are recognised by name (:func:`official_metric_max_depth`); ``max_depth``
+    overrides their range, or makes any other ``.pth`` load as a metric model (a renamed file)."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -289,15 +321,14 @@ def load_official(path: str | Path, version: str | None = None) -> DepthAnything
         raise ModelSpecError(f"{path}: expected a state dict (name -> tensor), got {type(state).__name__}")
     if da3.is_da3_state(state):  # a legacy Depth Anything 3 .pth (DA3 names, not pretrained.* / depth_head.*)
         return da3.load_da3_state(state, path, da3.kind_of_name(path.name))
-    if is_metric_checkpoint(path):
-        refuse_metric(path)
     state = strip_prefix(state)
     size = infer_arch(state)
     try:
         mapped = official_to_hf(state)
     except KeyError as err:
         raise ModelSpecError(f"{path}: {err.args[0]}; refusing to load a partly random model") from None
-    model = build_model(resolve_version(path, version), size, source=str(path))
+    max_depth = max_depth if max_depth is not None else official_metric_max_depth(path)
+    model = build_model(resolve_version(path, version), size, source=str(path), max_depth=max_depth)
     try:
         missing, unexpected = model.load_state_dict(mapped, strict=False)
     except RuntimeError as err:  # shape mismatches
@@ -347,8 +378,6 @@ def load_folder(path: str | Path, version: str | None = None) -> DepthAnythingFo
         return da3.load_da3_folder(path, model_name)
     if not (path / "model.safetensors").is_file():
         raise ModelSpecError(f"{path}: no model.safetensors; only safetensors weights are loaded (no pickles)")
-    if is_metric_checkpoint(path, raw):
-        refuse_metric(path)
     if raw.get("model_type") != "depth_anything":
         raise ModelSpecError(
             f"{path}/config.json: not a Depth Anything config (model_type {raw.get('model_type')!r}, "
@@ -376,34 +405,50 @@ def load_folder(path: str | Path, version: str | None = None) -> DepthAnythingFo
     return _finish(model, ModelInfo(version or version_from_config(config), size, str(path)))
 
 
-def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path, meta: dict | None = None) -> Path:
-    """Write a model SPEC folder: ``config.json`` + ``model.safetensors`` + ``pseudodepth.json``."""
+def save_checkpoint(model: DepthAnythingForDepthEstimation, out_dir: str | Path, meta: dict | None = None,
+                    input_size: int | None = None) -> Path:
+    """Write a model SPEC folder that is also a complete Hugging Face model folder: ``config.json`` +
+    ``model.safetensors`` + ``preprocessor_config.json`` + ``README.md`` (model card, :mod:`pseudodepth.hub`)
+    + ``pseudodepth.json`` (our metadata, written last: its presence means the folder is complete).
+
+    ``input_size`` (default ``meta["input_size"]`` or 518) is the processor's size for ``transformers.pipeline``."""
+    from .hub import write_hub_files
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     model.save_pretrained(out_dir, safe_serialization=True)
-    info = dict(getattr(model.config, "pseudodepth", {}) or {})
-    (out_dir / "pseudodepth.json").write_text(json.dumps({**info, **(meta or {})}, indent=2, sort_keys=True))
+    info = {**dict(getattr(model.config, "pseudodepth", {}) or {}), **(meta or {})}
+    if input_size is not None:
+        info["input_size"] = int(input_size)
+    write_hub_files(out_dir, info)
+    (out_dir / "pseudodepth.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return out_dir
 
 
 # ---------------------------------------------------------------- the one entry point
 
 
-def load_model(spec: str | Path, version: str | None = None, device: str | torch.device = "cpu"):
-    """Load any model SPEC (preset name, official ``.pth``, HF folder, pseudodepth checkpoint), in eval mode."""
+def load_model(spec: str | Path, version: str | None = None, device: str | torch.device = "cpu",
+               max_depth: float | None = None):
+    """Load any model SPEC (preset name, official ``.pth``, HF folder, pseudodepth checkpoint), in eval mode.
+
+    ``max_depth`` (metres) sets a metric model's range (``--max-depth``); a preset becomes a randomly
+    initialised metric model, an official ``.pth`` loads as metric; a relative folder is refused."""
     spec_s = str(spec)
     if spec_s in PRESETS:
         v, size = PRESETS[spec_s]
-        model = build_model(v, size, source=spec_s)
+        model = build_model(v, size, source=spec_s, max_depth=max_depth)
     else:
         path = Path(spec_s).expanduser()
         if version is not None and version not in VERSIONS:
             raise ModelSpecError(f"--version must be one of {VERSIONS}, got {version!r}")
         if path.is_dir():
             model = load_folder(path, version)
+            if max_depth is not None:
+                set_max_depth(model, max_depth)
         elif path.is_file() and path.suffix in (".pth", ".pt", ".bin"):
-            model = load_official(path, version)
+            model = load_official(path, version, max_depth)
         elif path.is_file():
             raise ModelSpecError(f"{path}: unsupported model file; expected an official .pth or a model folder")
         else:
@@ -411,6 +456,18 @@ def load_model(spec: str | Path, version: str | None = None, device: str | torch
                 f"{spec_s!r} is neither a file, a folder nor a preset; presets: {', '.join(sorted(PRESETS))}"
             )
     return model.to(device)
+
+
+def spec_is_metric(spec: str | Path) -> bool:
+    """Whether a SPEC loads as a metric model, without loading it: an official metric file name or a folder
+    whose ``config.json`` says ``depth_estimation_type: metric`` (presets are relative)."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            return json.loads((path / "config.json").read_text()).get("depth_estimation_type") == "metric"
+        except (OSError, ValueError):
+            return False
+    return path.is_file() and official_metric_max_depth(path) is not None
 
 
 def load_encoder_state(spec: str | Path) -> dict[str, torch.Tensor]:
@@ -478,5 +535,7 @@ def fingerprint(model, settings: dict | None = None) -> str:
         t = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    if is_metric(model):  # the head's max_depth is no tensor
+        h.update(f"metric max_depth {max_depth_of(model)!r}".encode())
     h.update(json.dumps(settings or {}, sort_keys=True).encode())
     return h.hexdigest()[:16]

@@ -10,19 +10,24 @@ from tqdm import tqdm
 from . import infer
 from .colorize import colorize
 from .imageio import ImageError, read_rgb, write_png
-from .models import load_model
+from .models import is_metric, load_model
 
 
 def predict_files(model_spec: str, images: list[str | Path], out: str | Path, *, raw: bool = False,
                   input_size: int | None = None, precision: str = "fp32", tta: str | None = None, device: str = "cpu",
-                  model=None, progress: bool = True, version: str | None = None) -> tuple[list[Path], list[str]]:
+                  model=None, progress: bool = True, version: str | None = None,
+                  max_depth: float | None = None) -> tuple[list[Path], list[str]]:
     """Write ``out/<stem>.png`` (Spectral_r, near = warm) and with ``raw`` ``out/<stem>.npy`` per image.
+
+    The ``.npy`` is the model's output at the image's size: relative disparity, or metres for a metric
+    model (``max_depth`` loads the SPEC as one; official metric checkpoints are recognised by name).
 
     Returns (written files, one-line errors for images that could not be read). Bad images are
     reported and skipped; the others are still predicted.
     """
     infer.check_settings(precision, tta)
-    model = model if model is not None else load_model(model_spec, version=version, device=device)
+    model = model if model is not None else load_model(model_spec, version=version, device=device, max_depth=max_depth)
+    metric = is_metric(model)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
@@ -35,7 +40,11 @@ def predict_files(model_spec: str, images: list[str | Path], out: str | Path, *,
             errors.append(str(err))
             continue
         disparity = infer.predict(model, rgb, input_size, precision, tta)
-        write_png(out / f"{stem}.png", colorize(disparity))
+        if metric:  # colour by inverse depth: near = warm, like the relative models
+            with np.errstate(divide="ignore"):
+                write_png(out / f"{stem}.png", colorize(1.0 / disparity, valid=disparity > 0))
+        else:
+            write_png(out / f"{stem}.png", colorize(disparity))
         written.append(out / f"{stem}.png")
         if raw:
             np.save(out / f"{stem}.npy", disparity.astype(np.float32))

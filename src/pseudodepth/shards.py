@@ -140,6 +140,9 @@ def export_shards(store_root: str | os.PathLike, out_dir: str | os.PathLike, max
     if max_count < 1:
         raise ValueError(f"--max-count must be >= 1, got {max_count}")
     store = LabelStore(store_root)
+    if store.label_space != "disparity":
+        raise StoreError(f"{store.root} holds metric depth labels; shard export supports relative (disparity) "
+                         "stores only: train from the store itself ({type: label_store, root: ...})")
     rows = store.rows(status="ok")
     if not rows:
         raise StoreError(f"{store.root}: no 'ok' rows to export; run `pseudodepth label --out {store.root}` first")

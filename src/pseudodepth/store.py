@@ -10,6 +10,13 @@ Layout (DESIGN.md section 3)::
                               (rows with ``invalid`` > 0: 0 = invalid pixel, 1..65535 = min..max)
     STORE/confidence/<rel>.png  with ``label --confidence``: 16-bit confidence, q / 65535 in [0, 1]
                               (:mod:`pseudodepth.confidence`)
+                              (metric stores: log depth, 1/65535 = row min/max in metres, 0 = invalid)
+
+Two kinds of store (``store.json`` key ``labels``): ``"disparity"`` (a relative teacher's output, the
+default) and ``"metric_depth"`` (metres: a metric teacher's output, or a relative one aligned to sparse
+metric depth by ``label --align-to``, whose rows also hold the fitted ``scale``, ``shift`` and
+``inliers``). Metric labels are quantised in log depth, so the relative step is the same at every
+depth: ``ln(max / min) / 65534`` (7.7e-5 for 0.5..80 m).
 
 Crash safety: a label is written to a temporary name and renamed; its row is appended to the
 journal (flushed, fsynced) only after the rename. A run killed at any point therefore leaves no
@@ -52,8 +59,13 @@ MANIFEST_SCHEMA = pa.schema([
     ("teacher", pa.string()),  # teacher fingerprint (weights + settings)
     ("invalid", pa.int64()),  # pixels without a label (non-finite teacher output, sky): PNG value 0
     ("confidence", pa.string()),  # confidence map path relative to STORE ("" without --confidence)
+    ("scale", pa.float64()),  # metric alignment (label --align-to): y ~ scale * prediction + shift, else null
+    ("shift", pa.float64()),
+    ("inliers", pa.int32()),  # sparse points the alignment kept (null without alignment)
 ])
-ROW_DEFAULTS = {"invalid": 0, "confidence": ""}  # columns added later: rows of older stores get these
+ROW_DEFAULTS = {"invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None}  # columns added later: rows of older stores get these
+OPTIONAL_COLUMNS = ("scale", "shift", "inliers")  # absent in stores written before metric labels
+LABEL_SPACES = ("disparity", "metric_depth")
 PNG_MAX = 65535
 LOCK_NAME = "label.lock"
 
@@ -108,6 +120,35 @@ def decode_label(q: np.ndarray, lo: float, hi: float, invalid: int = 0) -> np.nd
     if not invalid:
         return (lo + q * ((hi - lo) / PNG_MAX)).astype(np.float32)
     return np.where(q > 0, lo + (q - 1) * ((hi - lo) / (PNG_MAX - 1)), np.nan).astype(np.float32)
+
+
+def encode_metric_label(depth: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """metric depth (metres, <= 0 or non-finite = invalid) -> (uint16 map, min, max), quantised in log depth.
+
+    ``q = 1 + round((ln z - ln min) / (ln max - ln min) * 65534)`` on valid pixels, 0 on invalid ones; a
+    map with one depth value encodes as 1 with ``min == max``.
+    """
+    z = np.asarray(depth, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(z) & (z > 0)
+    if not valid.any():
+        return np.zeros(z.shape, np.uint16), 0.0, 0.0
+    lo, hi = float(z[valid].min()), float(z[valid].max())
+    q = np.zeros(z.shape, np.float64)
+    if hi > lo:
+        q[valid] = (np.log(z[valid]) - np.log(lo)) * ((PNG_MAX - 1) / (np.log(hi) - np.log(lo)))
+    out = np.where(valid, 1 + np.clip(np.rint(q), 0, PNG_MAX - 1), 0)
+    return out.astype(np.uint16), lo, hi
+
+
+def decode_metric_label(q: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Inverse of :func:`encode_metric_label`: metres as float32, 0 where ``q == 0`` (invalid)."""
+    q = q.astype(np.float64)
+    if hi > lo:
+        z = np.exp(np.log(lo) + (q - 1) * ((np.log(hi) - np.log(lo)) / (PNG_MAX - 1)))
+    else:
+        z = np.full(q.shape, lo)
+    return np.where(q > 0, z, 0.0).astype(np.float32)
 
 
 def label_paths(sources: list[str]) -> dict[str, str]:
@@ -192,6 +233,11 @@ class LabelStore:
         finally:
             os.close(fd)  # releases the flock
     @property
+    def label_space(self) -> str:
+        """``"disparity"`` (relative labels) or ``"metric_depth"`` (metres)."""
+        return self.meta().get("labels", "disparity")
+
+    @property
     def source_root(self) -> Path:
         root = self.meta().get("source_root")
         if not root:
@@ -219,7 +265,8 @@ class LabelStore:
                 merged[row["source"]] = row
         for row in self._journal_rows():
             merged[row["source"]] = row
-        out = [{**merged[k], **{c: merged[k].get(c) or d for c, d in ROW_DEFAULTS.items()}} for k in sorted(merged)]
+        out = [{**merged[k], **{c: d if merged[k].get(c) is None else merged[k][c] for c, d in ROW_DEFAULTS.items()}}
+               for k in sorted(merged)]
         return [r for r in out if status is None or r["status"] == status]
 
     def append(self, rows: list[dict]) -> None:
@@ -261,9 +308,14 @@ class LabelStore:
 
     # ------------------------------------------------------------ labels
 
-    def write_label(self, label: str, disparity: np.ndarray) -> tuple[float, float, int]:
-        """Encode and atomically write one label; returns the (min, max, invalid) to store in its row."""
-        q, lo, hi, invalid = encode_label(disparity)
+    def write_label(self, label: str, values: np.ndarray, space: str = "disparity") -> tuple[float, float, int]:
+        """Encode and atomically write one label (disparity, or metres for ``space="metric_depth"``);
+        returns the (min, max, invalid) to store in its row."""
+        if space == "metric_depth":
+            q, lo, hi = encode_metric_label(values)
+            invalid = int((q == 0).sum())
+        else:
+            q, lo, hi, invalid = encode_label(values)
         path = safe_join(self.root, label)
         try:
             atomic_write_bytes(path, encode_png(q))
@@ -294,12 +346,21 @@ class LabelStore:
         """Absolute path of a row's label (refuses manifest paths that escape the store)."""
         return safe_join(self.root, row["label"])
 
-    def read_disparity(self, row: dict) -> np.ndarray:
-        """The stored disparity of an ``ok`` row (float32, source resolution), restored from min/max;
-        NaN where the row has no label (see :func:`decode_label`)."""
+    def read_label(self, row: dict) -> np.ndarray:
+        """The stored label of an ``ok`` row (float32, source resolution): disparity, or metres (0 = invalid)
+        in a metric store (:attr:`label_space`)."""
         if row["status"] != "ok":
             raise StoreError(f"{self.root}: row {row['source']!r} has status {row['status']}: {row['error']}")
-        return decode_label(read_png16(self.label_path(row)), row["min"], row["max"], row.get("invalid") or 0)
+        q = read_png16(self.label_path(row))
+        if self.label_space == "metric_depth":
+            return decode_metric_label(q, row["min"], row["max"])
+        return decode_label(q, row["min"], row["max"], row.get("invalid") or 0)
+
+    def read_disparity(self, row: dict) -> np.ndarray:
+        """The stored relative disparity of an ``ok`` row; refuses a metric store (use :meth:`read_label`)."""
+        if self.label_space != "disparity":
+            raise StoreError(f"{self.root} holds metric depth labels, not disparity; read them with read_label")
+        return self.read_label(row)
 
     def source_path(self, row: dict) -> Path:
         """Absolute path of a row's source image (refuses manifest paths that escape the source folder;

@@ -4,7 +4,13 @@ One readable loop (:func:`train`, nanoGPT style); data, model, losses and schedu
 small functions above it and passed in.
 
 - **teacher** (``mode: teacher``): labeled batches only, ``L = ssi + 2 gm`` with no filtering.
-- **student** (``mode: student``): each step one labeled batch and one unlabeled batch (1 : 2).
+- **metric** (``mode: metric``): V2's ``metric_depth`` fine-tuning: depth in metres, a head ending in
+  ``sigmoid * max_depth``, the SiLog loss (lambda 0.5) over every valid pixel of the batch within
+  ``[min_depth, max_depth]``. Labeled images and, optionally, metric pseudo-labels (``label
+  --align-to``) in the same 1 : 2 split as the student; the pseudo-labeled images get the strong
+  perturbations and CutMix (their metric targets mix with the same box).
+- **student** (``mode: student``): each step one labeled batch and one unlabeled batch (1 : 2);
+  without labeled sources (V2's setting) each step is one unlabeled batch of ``train.batch_size``.
   Unlabeled images get strong perturbations and CutMix (p = 0.5) on the tensors in the step; the
   targets are the teacher's pseudo-labels of the clean images; the unlabeled loss drops each
   image's top 10% losses (V2). With ``feature_alignment.enabled`` the student encoder's last-layer
@@ -44,6 +50,7 @@ import argparse
 import bisect
 import copy
 import csv
+import itertools
 import math
 import os
 import random
@@ -69,7 +76,9 @@ from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
 from pseudodepth.infer import autocast
 from pseudodepth.licences import trained_licence
-from pseudodepth.models import PRESETS, head_outputs, load_encoder_state, load_model, save_checkpoint
+from pseudodepth.interrupt import DeferredInterrupt, Interrupted
+from pseudodepth.models import ARCHS, DEFAULT_SEED, PRESETS, head_outputs, is_metric, load_encoder_state, load_model, \
+    max_depth_of, model_info, save_checkpoint, set_max_depth
 from pseudodepth.models import build_model as build_preset
 from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
@@ -194,14 +203,16 @@ class StepBatches(Sampler):
 
 
 def build_data(specs: list[dict], config: TrainConfig, normalize: bool) -> WeightedSources:
-    """The datasets of one data section (sources of :func:`pseudodepth.data.make_source` + ``weight``)."""
+    """The datasets of one data section (sources of :func:`pseudodepth.data.make_source` + ``weight``);
+    targets in metres in ``mode: metric``, normalised disparity otherwise."""
     datasets, weights = [], []
+    target = "metric" if config.mode == "metric" else "relative"
     for spec in specs:
         spec = resolve_source(spec, config.base_dir)
         weights.append(float(spec.pop("weight", 1.0)))
         source = make_source(spec)
         datasets.append(DepthDataset(source, train=True, crop_size=config.train.crop_size, normalize=normalize,
-                                     flip_p=config.augment.flip_p, seed=config.train.seed))
+                                     flip_p=config.augment.flip_p, seed=config.train.seed, target=target))
     return WeightedSources(datasets, weights)
 
 
@@ -332,6 +343,8 @@ def build_model(config: TrainConfig) -> nn.Module:
     if model.config.pseudodepth["version"].startswith("da3"):
         raise ValueError(f"model.init = {init}: a Depth Anything 3 model predicts depth, not disparity; use it as "
                          "a teacher (`pseudodepth label`) and train a Depth Anything student from its labels")
+    if config.mode == "metric":
+        model = metric_model(model, config)
     if config.model.encoder_from:
         load_encoder(model.backbone, config.model.encoder_from, "model.encoder_from", config)
     model.config.pseudodepth["licence"] = trained_licence(  # a student inherits its teachers' licences
@@ -339,6 +352,24 @@ def build_model(config: TrainConfig) -> nn.Module:
         [resolve_source(s, config.base_dir) for s in config.data.unlabeled])
     freeze_unused(model)
     return model.train()
+
+
+def metric_model(init: nn.Module, config: TrainConfig) -> nn.Module:
+    """``mode: metric``'s network: a metric ``init`` as it is (``model.max_depth`` overrides its range), or
+    a relative ``init``'s encoder under a fresh metric decoder (the official ``--pretrained-from`` loads
+    only the ``pretrained.*`` encoder weights of a relative checkpoint)."""
+    if is_metric(init):
+        if config.model.max_depth is not None:
+            set_max_depth(init, config.model.max_depth)
+        return init
+    info = model_info(init)
+    if info.size not in ARCHS:
+        raise ValueError(f"model.init {config.model.init}: a relative model of a non-standard size cannot be turned "
+                         "into a metric one; start from a preset or an official checkpoint")
+    seed = config.model.init_seed if config.model.init_seed is not None else DEFAULT_SEED
+    model = build_preset(info.version, info.size, seed=seed, source=info.source, max_depth=config.model.max_depth)
+    model.backbone.load_state_dict(init.backbone.state_dict())
+    return model
 
 
 def load_encoder(backbone: nn.Module, spec: str, key: str, config: TrainConfig) -> None:
@@ -418,7 +449,7 @@ def save_training_state(out: Path, step: int, model: nn.Module, optimizer: torch
     final = checkpoint_dir(out, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, {"step": step, "mode": config.mode})
+    save_checkpoint(model, tmp, {"step": step, "mode": config.mode, "config": str(out / "config.yaml")})
     numpy_state = np.random.get_state(legacy=False)
     state = {
         "step": step,
@@ -477,6 +508,8 @@ TEACHER_COLUMNS = ["step", "loss", "labeled_loss", "labeled_ssi", "labeled_gm", 
 STUDENT_COLUMNS = TEACHER_COLUMNS[:5] + ["unlabeled_loss", "unlabeled_ssi", "unlabeled_gm", "dropped_share",
                                          "cutmix_area", "feature_alignment", "unlabeled_zero_share",
                                          ] + TEACHER_COLUMNS[5:]
+METRIC_COLUMNS = ["step", "loss", "labeled_silog", "unlabeled_silog", "cutmix_area", "lr_encoder", "lr_decoder",
+                  "images_per_s"]
 DEAD_SHARE = 0.99  # unlabeled_zero_share above this: the output's final ReLU is off almost everywhere
 
 
@@ -543,10 +576,12 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
     # CutMix pairs sample i with sample i - 1: with one unlabeled image that is itself, so no CutMix then.
     mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p if n_u > 1 else 0.0)
     mixed = losses.apply_cutmix(strong, strong.roll(1, 0), mask)  # image b of sample i: sample i - 1
-    n_l = labeled["image"].shape[0]
+    n_l = 0 if labeled is None else labeled["image"].shape[0]  # None: pseudo-labels only (V2)
 
     unlabeled_input = normalize_imagenet(mixed)
-    images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), unlabeled_input])
+    images = unlabeled_input
+    if labeled is not None:
+        images = torch.cat([labeled["image"].to(ctx.device, non_blocking=True), unlabeled_input])
     align = config.feature_alignment.enabled
     with autocast(ctx.device, config.train.precision):
         out = net(images, align_from=n_l if align else None)
@@ -555,8 +590,10 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
                 reference = patch_tokens(frozen, unlabeled_input)
     pred = out.depth
 
-    target, valid = labeled["target"].to(ctx.device), labeled["valid"].to(ctx.device)
-    loss_l, stats_l = labeled_term(pred[:n_l], target, valid, config)
+    loss_l, stats_l = torch.zeros((), device=ctx.device), {}
+    if labeled is not None:
+        target, valid = labeled["target"].to(ctx.device), labeled["valid"].to(ctx.device)
+        loss_l, stats_l = labeled_term(pred[:n_l], target, valid, config)
     pseudo, pseudo_valid = unlabeled["target"].to(ctx.device), unlabeled["valid"].to(ctx.device)
     terms = partial(losses.pseudo_label_terms, gm_weight=w.gm_weight / w.ssi_weight, edge_aware=w.edge_aware)
     loss_u, stats_u = losses.cutmix_loss(pred[n_l:], pseudo, pseudo.roll(1, 0), pseudo_valid,
@@ -580,6 +617,43 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
     }
 
 
+def metric_loss(net: nn.Module, labeled: dict | None, unlabeled: dict | None, step: int, max_depth: float,
+                config: TrainConfig, ctx: Dist) -> tuple[torch.Tensor, dict]:
+    """``mode: metric``: SiLog over the valid pixels (``min_depth <= depth <= max_depth``) of the whole batch.
+
+    Pseudo-labeled images (metric label stores) get the strong perturbations and CutMix; the mixed
+    image's target is the two metric labels mixed with the same box."""
+    w, aug = config.loss, config.augment
+    images, targets, valids, stats = [], [], [], {}
+    if labeled is not None:
+        images.append(labeled["image"].to(ctx.device, non_blocking=True))
+        targets.append(labeled["target"].to(ctx.device))
+        valids.append(labeled["valid"].to(ctx.device))
+    if unlabeled is not None:
+        generator = torch.Generator().manual_seed(step_seed(config.train.seed, step, ctx.rank, stream=1))
+        clean = unlabeled["image"].to(ctx.device, non_blocking=True)
+        strong = strong_perturbation(clean, generator, aug.perturbation()) if aug.strong else clean
+        n_u, _, height, width = clean.shape
+        mask = losses.cutmix_masks(n_u, height, width, generator, device=ctx.device, p=aug.cutmix_p)
+        images.append(normalize_imagenet(losses.apply_cutmix(strong, strong.roll(1, 0), mask)))
+        target, valid = unlabeled["target"].to(ctx.device), unlabeled["valid"].to(ctx.device)
+        target, valid = losses.metric_cutmix_target(target, target.roll(1, 0), valid, valid.roll(1, 0), mask)
+        targets.append(target)
+        valids.append(valid)
+        stats["cutmix_area"] = float(mask.float().mean())
+    with autocast(ctx.device, config.train.precision):
+        pred = net(torch.cat(images)).depth  # the head runs in float32 (models.head_outputs)
+    pred, target, valid = pred.float(), torch.cat(targets), torch.cat(valids)
+    valid = valid & (target >= w.min_depth) & (target <= max_depth)
+    loss = losses.silog_loss(pred, target, valid, w.silog_lambda)
+    with torch.no_grad():
+        n_l = labeled["image"].shape[0] if labeled is not None else 0
+        for name, part in (("labeled", slice(0, n_l)), ("unlabeled", slice(n_l, None))):
+            if valid[part].numel():
+                stats[f"{name}_silog"] = float(losses.silog_loss(pred[part], target[part], valid[part], w.silog_lambda))
+    return loss, {"loss": float(loss.detach()), **stats}
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -587,9 +661,9 @@ def prepare_out(config: TrainConfig, resume: bool, ctx: Dist) -> tuple[Path, Pat
     """Create ``out/``; refuse to overwrite a run unless resuming. Returns (out, checkpoint to resume)."""
     out = config.out_dir
     checkpoint = latest_checkpoint(out) if resume else None
-    if not resume and latest_checkpoint(out) is not None:
-        raise FileExistsError(f"{out}: already holds a training run (checkpoints/); pass --resume to continue it "
-                              "or choose another train.out / --out")
+    if not resume and (latest_checkpoint(out) is not None or (out / "final").exists()):
+        raise FileExistsError(f"{out}: already holds a training run (checkpoints/ or final/); pass --resume to "
+                              "continue it or choose another train.out / --out")
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -608,11 +682,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
 
 def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     t = config.train
-    student = config.mode == "student"
+    student, metric = config.mode == "student", config.mode == "metric"
     seed_everything(step_seed(t.seed, 0, ctx.rank))
     # Data first: a bad dataset fails before any model is loaded.
-    labeled_data = build_data(config.data.labeled, config, normalize=True)
-    unlabeled_data = build_unlabeled(config, ctx) if student else None
+    labeled_data = build_data(config.data.labeled, config, normalize=True) if config.data.labeled else None
+    unlabeled_data = build_unlabeled(config, ctx) if config.data.unlabeled else None
     out, checkpoint = prepare_out(config, resume, ctx)
 
     model = build_model(config).to(ctx.device)
@@ -623,29 +697,76 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     if ctx.world > 1:
         net = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
-    if student:
+    if labeled_data is not None and unlabeled_data is not None:
         n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
         if isinstance(unlabeled_data, ShardDataset):
             unlabeled_batches = ShardBatches(unlabeled_data, n_u, config, start, ctx)
         else:
             unlabeled_batches = make_batches(unlabeled_data, n_u, config, 1, start, ctx, "data.unlabeled")
         streams = zip(make_batches(labeled_data, n_l, config, 0, start, ctx, "data.labeled"), unlabeled_batches)
-    else:
+    elif labeled_data is not None:
         streams = ((batch, None) for batch in make_batches(labeled_data, t.batch_size, config, 0, start, ctx,
                                                            "data.labeled"))
-    log = CsvLog(out / "log.csv", STUDENT_COLUMNS if student else TEACHER_COLUMNS,
-                 start if checkpoint else None) if ctx.main else None
+    else:  # pseudo-labels only: a V2 student, or mode metric on metric pseudo-labels
+        if isinstance(unlabeled_data, ShardDataset):
+            only = ShardBatches(unlabeled_data, t.batch_size, config, start, ctx)
+        else:
+            only = make_batches(unlabeled_data, t.batch_size, config, 1, start, ctx, "data.unlabeled")
+        streams = ((None, batch) for batch in only)
+    columns = METRIC_COLUMNS if metric else STUDENT_COLUMNS if student else TEACHER_COLUMNS
+    log = CsvLog(out / "log.csv", columns, start if checkpoint else None) if ctx.main else None
     bar = tqdm(total=t.steps, initial=start, desc=f"train {config.mode}", unit="step", disable=not ctx.main,
                dynamic_ncols=True)
     seen: list[str] = []
+    stop = DeferredInterrupt(enabled=ctx.world == 1)  # Ctrl-C: finish the step, save, then stop
+    with stop:
+        done = _loop(streams, start, net, frozen, model, optimizer, config, ctx, log, bar, stop, seen)
+    bar.close()
+    if stop.requested and done < t.steps:  # Ctrl-C
+        saved = checkpoint_dir(out, done)
+        if done > start and ctx.main and not saved.is_dir():
+            save_training_state(out, done, model, optimizer, config)
+        elif not saved.is_dir():
+            saved = latest_checkpoint(out)
+        raise Interrupted(f"saved the checkpoint {saved} after step {done} of {t.steps}" if saved else
+                          f"stopped at step {done} of {t.steps}, before the first checkpoint")
+
+    final = out / "final"
+    if ctx.main:
+        save_checkpoint(model, final, {"step": t.steps, "mode": config.mode, "config": str(out / "config.yaml")})
+    if t.debug_dump_weights:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{ctx.rank}_weights.pt")
+        (out / f"rank{ctx.rank}_samples.txt").write_text("\n".join(seen) + "\n")
+    if dist.is_initialized():
+        dist.barrier()
+    return final
+
+
+def _loop(streams, start: int, net: nn.Module, frozen: nn.Module | None, model: nn.Module,
+          optimizer: torch.optim.Optimizer, config: TrainConfig, ctx: Dist, log: CsvLog | None, bar,
+          stop: DeferredInterrupt, seen: list[str]) -> int:
+    """Steps ``start`` ... ``train.steps - 1``; returns the number of steps done (fewer after a Ctrl-C)."""
+    t, student, metric = config.train, config.mode == "student", config.mode == "metric"
+    out = config.out_dir
     warned = False
     tic, images_since = time.perf_counter(), 0
-
-    for step, (labeled, unlabeled) in enumerate(streams, start=start):
+    done = start
+    batches = enumerate(streams, start=start)
+    while True:
+        try:
+            step, (labeled, unlabeled) = next(batches)
+        except StopIteration:
+            return done
+        except RuntimeError:
+            if stop.requested:  # Ctrl-C in a terminal also stops the DataLoader workers: "exited unexpectedly"
+                return done
+            raise
         torch.manual_seed(step_seed(t.seed, step, ctx.rank, stream=2))  # any randomness inside the model
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, config)
-        if student:
+        if metric:
+            loss, stats = metric_loss(net, labeled, unlabeled, step, max_depth_of(model), config, ctx)
+        elif student:
             loss, stats = student_loss(net, frozen, labeled, unlabeled, step, config, ctx)
         else:
             loss, stats = teacher_loss(net, labeled, config, ctx)
@@ -655,7 +776,7 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
             nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         optimizer.step()
         if t.debug_dump_weights:
-            seen += labeled["path"] + (unlabeled["path"] if unlabeled is not None else [])
+            seen += (labeled["path"] if labeled is not None else []) + (unlabeled["path"] if unlabeled is not None else [])
 
         done = step + 1
         images_since += t.batch_size * ctx.world
@@ -674,17 +795,8 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
         bar.update(1)
         if done % t.save_every == 0 and done < t.steps and ctx.main:
             save_training_state(out, done, model, optimizer, config)
-    bar.close()
-
-    final = out / "final"
-    if ctx.main:
-        save_checkpoint(model, final, {"step": t.steps, "mode": config.mode, "config": str(out / "config.yaml")})
-    if t.debug_dump_weights:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / f"rank{ctx.rank}_weights.pt")
-        (out / f"rank{ctx.rank}_samples.txt").write_text("\n".join(seen) + "\n")
-    if dist.is_initialized():
-        dist.barrier()
-    return final
+        if stop.requested and done < t.steps:
+            return done
 
 
 # ----------------------------------------------------------------------------- command line
@@ -723,12 +835,19 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m pseudodepth.train CONFIG.yaml`` (also what ``torchrun -m pseudodepth.train`` runs)."""
     parser = _add_arguments(argparse.ArgumentParser(prog="python -m pseudodepth.train",
                                                     description=__doc__.split("\n")[0]))
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, ShardError) as err:  # ConfigError is a ValueError
         print(f"pseudodepth train: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        from pseudodepth.interrupt import interrupt_line
+
+        print(f"pseudodepth train: {interrupt_line(args, argv, err, prog='python -m pseudodepth.train')}",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

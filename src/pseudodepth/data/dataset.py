@@ -9,6 +9,10 @@ Training sample (``train=True``), the Depth Anything recipe:
 4. target = the crop's disparity min-max normalised to [0, 1] over its valid pixels;
 5. image = RGB / 255 as float32 3 x S x S, ImageNet-normalised when ``normalize=True``.
 
+With ``target="metric"`` (``train`` in ``mode: metric``) step 2 and 4 are skipped: the target is the
+crop's depth in metres (labeled sources and metric label stores), valid where inside
+``[min_depth, max_depth]`` of the source; a relative (disparity) label store is refused.
+
 Use ``normalize=False`` for unlabeled (pseudo-labeled) images that get strong perturbations in the
 training step: the perturbations of :mod:`pseudodepth.data.augment` are defined on [0, 1] RGB, so
 the step calls ``strong_perturbation`` and then ``normalize_imagenet``. The target always belongs
@@ -56,6 +60,7 @@ class DepthDataset(Dataset):
         normalize: bool = True,
         flip_p: float = 0.5,
         seed: int | None = None,
+        target: str = "relative",
     ) -> None:
         if crop_size <= 0 or input_size <= 0:
             raise ValueError(f"crop_size and input_size must be positive, got {crop_size}, {input_size}")
@@ -63,6 +68,12 @@ class DepthDataset(Dataset):
             raise ValueError(f"flip_p is a probability in [0, 1], got {flip_p}")
         if not train and source.kind == "pseudo":
             raise ValueError(f"{source.name}: pseudo-labels are not ground truth; evaluate on a labeled source")
+        if target not in ("relative", "metric"):
+            raise ValueError(f"target must be 'relative' or 'metric', got {target!r}")
+        if target == "metric" and source.values != "depth":
+            raise ValueError(f"{source.name}: holds relative disparity labels, which cannot train a metric model; "
+                             "make metric labels with `pseudodepth label --align-to SPARSE` or a metric teacher")
+        self.target = target
         self.source = source
         self.train = train
         self.crop_size = crop_size
@@ -85,7 +96,7 @@ class DepthDataset(Dataset):
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def _disparity(self, values: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.source.kind == "pseudo":
+        if self.source.values == "disparity":
             return values, valid
         return depth_to_disparity(values, valid)
 
@@ -94,7 +105,7 @@ class DepthDataset(Dataset):
         path = self.source.samples[index].name
         if not self.train:
             return self._eval_item(rgb, values, valid, path)
-        disparity, valid = self._disparity(values, valid)
+        disparity, valid = (values, valid) if self.target == "metric" else self._disparity(values, valid)
         rgb, disparity, valid = resize_shorter_side(rgb, disparity, valid, self.crop_size)
         rng = self._rng(index)
         top, left = random_crop_box(*valid.shape, self.crop_size, rng)
@@ -102,7 +113,10 @@ class DepthDataset(Dataset):
         rgb, disparity, valid = rgb[window], disparity[window], valid[window]
         if rng.random() < self.flip_p:
             rgb, disparity, valid = rgb[:, ::-1], disparity[:, ::-1], valid[:, ::-1]
-        target, valid = minmax_normalize(disparity, valid)
+        if self.target == "metric":  # metres, nearest-neighbour resized: no mixing across depth edges
+            target, valid = np.ascontiguousarray(np.where(valid, disparity, 0), dtype=np.float32), valid.copy()
+        else:
+            target, valid = minmax_normalize(disparity, valid)
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
         if self.normalize:
             image = normalize_imagenet(image)

@@ -89,8 +89,8 @@ def read_image_file(sample: Sample) -> np.ndarray:
 class DepthSource:
     """A dataset: samples, a depth reader, the valid range and the evaluation crop.
 
-    ``read_depth(sample) -> (values, valid)`` returns depth in metres for ``kind="labeled"`` and
-    disparity for ``kind="pseudo"``. ``eval_crop`` is a crop name of
+    ``read_depth(sample) -> (values, valid)`` returns depth in metres for ``kind="labeled"`` and for
+    metric pseudo-labels, disparity for relative pseudo-labels (``values`` says which). ``eval_crop`` is a crop name of
     :func:`pseudodepth.metrics.crop_mask`; ``kb_crop`` asks evaluation to apply the KITTI benchmark
     crop (:func:`pseudodepth.metrics.kb_crop`) to image and depth before inference.
     """
@@ -104,10 +104,16 @@ class DepthSource:
     max_depth: float = math.inf
     eval_crop: str | None = None
     kb_crop: bool = False
+    # "depth" (metres) or "disparity" (relative pseudo-labels); None: disparity for kind "pseudo", else depth
+    values: Literal["depth", "disparity"] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("labeled", "pseudo"):
             raise ValueError(f"source {self.name}: kind must be 'labeled' or 'pseudo', got {self.kind!r}")
+        if self.values is None:
+            self.values = "disparity" if self.kind == "pseudo" else "depth"
+        if self.values not in ("depth", "disparity") or (self.kind == "labeled" and self.values != "depth"):
+            raise ValueError(f"source {self.name}: values must be 'depth' (labeled) or 'disparity', got {self.values!r}")
         if not 0 <= self.min_depth < self.max_depth:
             raise ValueError(f"source {self.name}: need 0 <= min_depth < max_depth, "
                              f"got {self.min_depth}..{self.max_depth}")
@@ -119,7 +125,8 @@ class DepthSource:
         """``(rgb uint8 H x W x 3, values float32 H x W, valid bool H x W)`` of sample ``index``.
 
         Labeled depth outside ``[min_depth, max_depth]`` is masked; pseudo-label disparity keeps
-        every finite value >= 0 (0 = the farthest, e.g. sky). Invalid pixels hold 0.
+        every finite value >= 0 (0 = the farthest, e.g. sky); metric pseudo-labels keep depth > 0.
+        Invalid pixels hold 0.
         """
         sample = self.samples[index]
         rgb = self.read_image(sample)
@@ -133,6 +140,8 @@ class DepthSource:
             valid = valid & np.isfinite(values)
             if self.kind == "labeled":
                 valid &= (values >= self.min_depth) & (values <= self.max_depth)
+            elif self.values == "depth":
+                valid &= values > 0
             else:
                 valid &= values >= 0
         return rgb, np.where(valid, values, 0).astype(np.float32), valid
@@ -418,19 +427,20 @@ def eth3d(root: str | os.PathLike, height: int = formats.ETH3D_SHAPE[0], width: 
 
 # ----------------------------------------------------------------------------- pseudo-labels
 def _read_pseudo_label(sample: Sample, store: LabelStore, min_confidence: float | None = None) -> DepthMap:
-    disparity = np.asarray(store.read_disparity(sample.row), dtype=np.float32)
+    values = np.asarray(store.read_label(sample.row), dtype=np.float32)
     with np.errstate(invalid="ignore"):
-        valid = np.isfinite(disparity) & (disparity >= 0)
+        valid = np.isfinite(values) & (values > 0 if store.label_space == "metric_depth" else values >= 0)
     if min_confidence is not None:
         valid &= store.read_confidence(sample.row) >= min_confidence
-    return np.where(valid, disparity, 0).astype(np.float32), valid
+    return np.where(valid, values, 0).astype(np.float32), valid
 
 
 def label_store(root: str | os.PathLike, min_confidence: float | None = None) -> DepthSource:
     """Pseudo-labels written by ``pseudodepth label``: every ``ok`` row of the store's manifest.
 
-    The targets are the teacher's disparity (already inverse depth), restored from the 16-bit PNG;
-    pixels without a label (non-finite teacher output, DA3 sky) are invalid. ``min_confidence``
+    The targets are the teacher's disparity (already inverse depth), restored from the 16-bit PNG, or
+    metres for a metric store (a metric teacher, or ``label --align-to``; 0 = invalid); pixels without
+    a label (non-finite teacher output, DA3 sky) are invalid. ``min_confidence``
     (training config ``loss.confidence.min``) also makes pixels whose stored confidence is below it
     invalid, so they are dropped before the top-n% loss filter ranks the rest.
     """
@@ -444,9 +454,10 @@ def label_store(root: str | os.PathLike, min_confidence: float | None = None) ->
     samples = [Sample(store.source_path(row), store.label_path(row), row=row) for row in rows]
     if not samples:
         raise FileNotFoundError(f"{root}: the label store has no 'ok' rows; run `pseudodepth label --out {root}` first")
+    values = "depth" if store.label_space == "metric_depth" else "disparity"
     return DepthSource(f"labels:{root}", samples, partial(_read_pseudo_label, store=store,
                                                           min_confidence=min_confidence),
-                       kind="pseudo", min_depth=0.0)
+                       kind="pseudo", min_depth=0.0, values=values)
 
 
 # ----------------------------------------------------------------------------- config factory
