@@ -159,7 +159,7 @@ def test_boundary_values_are_accepted(folder: Path, edit, key: str) -> None:
 
 
 def test_missing_mode_invalid_yaml_and_missing_file_are_named(folder: Path) -> None:
-    with pytest.raises(ConfigError, match=r"c\.yaml: mode is required: teacher or student"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: mode is required: teacher, student or metric"):
         load_config(edited(folder, lambda d: d.pop("mode")))
     bad = folder / "bad.yaml"
     bad.write_text("mode: teacher\ntrain: {steps: 4\n")  # unclosed flow mapping
