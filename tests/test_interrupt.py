@@ -24,8 +24,10 @@ CLI = [sys.executable, "-m", "pseudodepth.cli"]
 
 def ctrl_c_when(cmd: list[str], ready, timeout: float = 600.0) -> tuple[int, str]:
     """Start ``cmd`` in its own session, SIGINT its process group once ``ready()``; returns (exit code, stderr)."""
+    # SIGINT back to its default in the child: a test run started in the background (nohup, `&`) inherits an
+    # ignored SIGINT, and Python then installs no KeyboardInterrupt handler (as a shell's background job).
     proc = subprocess.Popen(cmd, env=one_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     try:
         while not ready():
