@@ -350,3 +350,26 @@ def test_resume_reuses_finished_models_and_retrains_changed_ones(tmp_path):
     assert changed.fresh and "encoder_lr: 1.0e-06" in (run / "teacher" / "config.yaml").read_text()
     assert demo.finished_run(run / "teacher", "something else") is None
     assert demo.finished_run(run / "nothing_here", "") is None
+
+
+def test_resume_continues_an_interrupted_training_from_its_checkpoint(tmp_path):
+    """An interrupted recipe (a checkpoint, no final model) continues from its checkpoint: the steps before it
+    are not trained again, and the result equals an uninterrupted run's."""
+    settings = demo.with_seed(demo.load_settings(quick=True), 0)
+    data = demo.generate_data(tmp_path / "run", settings.data)
+    assert data["source_train"].is_dir()
+    overrides = {"train": {"steps": 4, "save_every": 2}}
+    whole = demo.train_recipe(settings.teacher, tmp_path / "run", {**overrides, "train": {**overrides["train"],
+                                                                                        "out": "whole"}})
+    part = demo.train_recipe(settings.teacher, tmp_path / "run", {**overrides, "train": {**overrides["train"],
+                                                                                       "out": "part"}})
+    shutil.rmtree(part.final)  # killed after the step-2 checkpoint (save_every 2; step 4 is the end)
+    shutil.rmtree(part.final.parent / "checkpoints" / "step_000004", ignore_errors=True)
+    checkpoint = part.final.parent / "checkpoints" / "step_000002"
+    stamp = (checkpoint / "trainer.pt").stat().st_mtime_ns
+    resumed = demo.train_recipe(settings.teacher, tmp_path / "run", {**overrides, "train": {**overrides["train"],
+                                                                                          "out": "part"}}, resume=True)
+    assert resumed.fresh and resumed.final == part.final
+    assert (checkpoint / "trainer.pt").stat().st_mtime_ns == stamp  # kept, not removed and retrained
+    a, b = demo.load_model(whole.final).state_dict(), demo.load_model(resumed.final).state_dict()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)

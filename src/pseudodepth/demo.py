@@ -61,7 +61,7 @@ from .models import load_model
 from .store import LabelStore
 from .ablation import run_ablation
 from .synth import make_demo_data
-from .train import train
+from .train import latest_checkpoint, train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
@@ -238,10 +238,16 @@ def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: s
     """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top.
 
     Without ``resume`` an earlier run in the same folder is removed and training starts from scratch.
-    With ``resume`` a finished run of the same configuration is reused as it is (``fresh=False``)."""
+    With ``resume`` a finished run of the same configuration is reused as it is (``fresh=False``), and an
+    interrupted one (same configuration, a checkpoint saved, e.g. at Ctrl-C) continues from its newest
+    checkpoint instead of starting again."""
     config = config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name)
-    if resume and (final := finished_run(config.out_dir, yaml.safe_dump(config.to_dict(), sort_keys=False))):
+    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    if resume and (final := finished_run(config.out_dir, config_yaml)):
         return Trained(final, fresh=False)
+    saved = config.out_dir / "config.yaml"
+    if resume and latest_checkpoint(config.out_dir) is not None and saved.is_file() and saved.read_text() == config_yaml:
+        return Trained(train(config, resume=True), fresh=True)
     shutil.rmtree(config.out_dir, ignore_errors=True)
     return Trained(train(config), fresh=True)
 
