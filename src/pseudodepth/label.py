@@ -37,7 +37,7 @@ from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_fi
 from .licences import licence_of, non_commercial_notice
 from .models import fingerprint, load_model, model_info, prediction_space
 from .preprocess import DEFAULT_INPUT_SIZE, network_size, prepare, prepare_tensor, upsample
-from .store import LabelStore, StoreError, label_paths
+from .store import LabelStore, label_paths
 
 
 @dataclass
@@ -97,6 +97,15 @@ class LabelReport:
     @property
     def images_per_second(self) -> float:
         return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def count(self, rows: list[dict]) -> None:
+        """Add committed manifest rows: ``ok`` ones, and ``failed`` ones with their one-line reasons."""
+        for r in rows:
+            if r["status"] == "ok":
+                self.ok += 1
+            else:
+                self.failed += 1
+                self.failures.append(f"{r['source']}: {r['error']}")
 
     def summary(self) -> str:
         return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done; "
@@ -253,12 +262,7 @@ class _Writer(threading.Thread):
             try:
                 rows = [f.result() for f in futures]
                 store.append(rows)
-                for r in rows:
-                    if r["status"] == "ok":
-                        self.report.ok += 1
-                    else:
-                        self.report.failed += 1
-                        self.report.failures.append(f"{r['source']}: {r['error']}")
+                self.report.count(rows)
                 self.progress.update(len(rows))
             except BaseException as err:  # noqa: BLE001 - surfaced by put()/close()
                 self.error = err
@@ -395,10 +399,6 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
             writer.close()
         finally:
             bar.close()
-            try:
-                store.consolidate()
-            except StoreError:
-                if not failed:
-                    raise  # else the first error is the one to report; the journal keeps every row
+            store.finish(failed)
     report.seconds = time.perf_counter() - start
     return report

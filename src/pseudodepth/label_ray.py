@@ -301,13 +301,8 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
             rows = [_from_columns(r) for r in block.to_pylist()
                     if r["source"] not in committed]  # never commit a row twice
             store.append(rows)
-            for r in rows:
-                committed.add(r["source"])
-                if r["status"] == "ok":
-                    report.ok += 1
-                else:
-                    report.failed += 1
-                    report.failures.append(f"{r['source']}: {r['error']}")
+            committed.update(r["source"] for r in rows)
+            report.count(rows)
             bar.update(len(rows))
         failed = False
     except StoreError as err:  # an actor's write error arrives wrapped in Ray's multi-line RayTaskError
@@ -315,10 +310,6 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         raise (cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])) from None
     finally:
         bar.close()
-        try:
-            store.consolidate()
-        except StoreError:
-            if not failed:
-                raise  # else the first error is the one to report; the journal keeps every row
+        store.finish(failed)
     report.seconds = time.perf_counter() - start
     return report

@@ -292,6 +292,15 @@ class LabelStore:
         except OSError as err:
             raise write_error(err, self.journal_path) from None
 
+    def finish(self, failed: bool = False) -> None:
+        """End a labelling run: :meth:`consolidate`; when the run is already ``failed``, a consolidation
+        error is not raised over the first error (the journal keeps every committed row)."""
+        try:
+            self.consolidate()
+        except StoreError:
+            if not failed:
+                raise
+
     def consolidate(self) -> int:
         """Fold the journal into ``manifest.parquet`` (atomic rename), then drop the journal."""
         rows = self.rows()
