@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 
@@ -13,6 +14,7 @@ from pseudodepth.synth import (
     DOMAINS,
     Box,
     Camera,
+    CameraEffects,
     Cylinder,
     DomainConfig,
     Lighting,
@@ -26,6 +28,7 @@ from pseudodepth.synth import (
     render,
     render_scene,
     rotation,
+    sample_scene,
     write_domain,
 )
 
@@ -206,19 +209,63 @@ def test_render_scene_is_deterministic_by_seed(domain):
 
 
 def test_domains_render_with_their_depth_ranges_and_differ_in_appearance():
-    indoor = [render_scene("indoor", seed, (48, 48)) for seed in range(3)]
-    for rgb, depth, valid in indoor:  # closed rooms: every pixel hits a surface
-        assert valid.all() and 0.05 < depth.min() and depth.max() < DOMAINS["indoor"].max_depth
-        assert rgb.std() > 5
-    scenes = {d: [render_scene(d, seed, (48, 48)) for seed in range(4)] for d in ("source", "target")}
+    rooms = {d: [render_scene(d, seed, (48, 48)) for seed in range(6)] for d in ("source", "target")}
+    for domain, rendered in rooms.items():  # closed rooms: every pixel hits a surface
+        for rgb, depth, valid in rendered:
+            assert valid.all() and 0.05 < depth.min() and depth.max() < DOMAINS[domain].max_depth
+            assert rgb.std() > 2
+    # the target is the source's scenes through a poor camera: the same depth, other pixels, less contrast
+    for (rgb_s, depth_s, _), (rgb_t, depth_t, _) in zip(*rooms.values()):
+        assert np.array_equal(depth_s, depth_t) and not np.array_equal(rgb_s, rgb_t)
+    contrast = {d: np.mean([rgb.std() for rgb, _, _ in r]) for d, r in rooms.items()}
+    assert contrast["target"] < contrast["source"]
+    scenes = {d: [render_scene(d, seed, (48, 48)) for seed in range(4)] for d in ("outdoor", "outdoor_shifted")}
     for domain, rendered in scenes.items():  # outdoor: ground, objects and sky (invalid) in both domains
         assert sum((~valid).sum() for _, _, valid in rendered) > 0
         for rgb, depth, valid in rendered:
             assert valid.any() and depth[valid].max() <= DOMAINS[domain].max_depth
             assert np.array_equal(valid, depth > 0)
-    # the shift is in appearance: the target's cool, low light and haze make it bluer than the warm source
+    # the outdoor shift is in appearance: cool, low light and haze make it bluer than the warm outdoor domain
     blue_minus_red = {d: np.mean([rgb[..., 2].mean() - rgb[..., 0].mean() for rgb, _, _ in r]) for d, r in scenes.items()}
-    assert blue_minus_red["target"] > blue_minus_red["source"] + 10
+    assert blue_minus_red["outdoor_shifted"] > blue_minus_red["outdoor"] + 10
+
+
+def _camera_effects_reference(rgb: np.ndarray, effects: CameraEffects) -> np.ndarray:
+    """Per pixel, from the definition: hue rotation and desaturation in HSV, contrast towards the mean,
+    exposure; then the Gaussian blur (cv2's kernel, the same as the fast path's)."""
+    s = min(max(effects.severity, 0.0), 1.0)
+    x = rgb.astype(np.float64) / 255
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            h, sat, v = colorsys.rgb_to_hsv(*x[i, j])
+            out[i, j] = colorsys.hsv_to_rgb((h + effects.hue * s) % 1.0, sat * (1 - 0.6 * s), v)
+    mean = out.mean()
+    out = (mean + (out - mean) * (1 - 0.55 * s)) * effects.exposure ** s
+    sigma = 2.0 * s * rgb.shape[1] / 128
+    if sigma >= 0.3:
+        out = cv2.GaussianBlur(out.astype(np.float32), (0, 0), sigma).astype(np.float64)
+    return np.round(np.clip(out, 0, 1) * 255)
+
+
+@pytest.mark.parametrize("severity, hue, exposure", [(0.0, 0.2, 0.5), (0.05, -0.25, 1.4), (0.6, 0.1, 0.7),
+                                                     (1.0, -0.2, 1.3), (1.7, 0.25, 0.6)])
+def test_camera_effects_match_a_per_pixel_reference(severity, hue, exposure):
+    rgb = np.random.default_rng(3).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    rgb[:4] = 128  # a grey band (no hue) and a constant region
+    effects = CameraEffects(severity, hue, exposure)
+    got = effects.apply(rgb)
+    assert got.dtype == np.uint8 and got.shape == rgb.shape
+    if severity == 0.0:
+        assert np.array_equal(got, rgb)
+    assert np.abs(got.astype(int) - _camera_effects_reference(rgb, effects)).max() <= 1
+
+
+def test_camera_effects_do_not_change_depth_or_the_clean_domain():
+    clean = DOMAINS["source"]
+    assert clean.camera_effects == (0.0, 0.0) and sample_scene(clean, np.random.default_rng(5)).camera_effects is None
+    effects = sample_scene("target", np.random.default_rng(5)).camera_effects
+    assert 0.0 <= effects.severity <= 1.0
 
 
 def test_custom_domain_config_renders():

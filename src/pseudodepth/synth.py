@@ -11,22 +11,22 @@ camera coordinates, so its ray parameter `t` *is* the z-depth. `valid` is False 
 the domain's `max_depth` (a sensor range, like a lidar's); `depth` is 0 exactly where `valid` is
 False. Coordinates: world y is up (the ground is y = 0); camera x right, y down, z forward.
 
-Two domains (`DOMAINS`), deterministic given a seed (`numpy.random.default_rng(seed)`):
+Domains (`DOMAINS`), deterministic given a seed (`numpy.random.default_rng(seed)`):
 
-- `"source"`: indoor rooms, 4-8 m wide and 5-10 m deep. Painted, striped, plaster or brick
-  walls with flat doors / pictures / shelves, tiled / plank / carpet floors, a light ceiling;
-  3-7 warm-coloured boxes (some rotated), spheres, stacks and tables on the floor; warm light
-  from above with soft ambient light; camera at 1.1-1.8 m looking level to 25 degrees down,
-  55-70 degree field of view. Every pixel is valid; depth about 0.3-13 m.
-- `"target"`: the shifted domain: outdoor, an infinite ground (grass, dirt, asphalt, fields,
-  paving; half the time a straight road with a centre line) to the horizon under a sky with
-  clouds (invalid depth), 8-18 objects (buildings, trees = trunk cylinder + canopy sphere,
-  poles, boulders, crates, lying logs, barrels) spread over 2-50 m, a cool, harsh, low sun with
-  long shadows, little ambient light and aerial haze; cameras at 0.8-3 m, near level, slightly
-  rolled, 60-90 degree field of view. Valid depth up to 60 m (farther ground is invalid).
-
-Both share the depth cues a model must learn (perspective, shading, occlusion, texture
-gradients, shadows), so source-trained models transfer imperfectly and target images help.
+- `"source"`: the demo's labeled domain: indoor rooms, 4-8 m wide and 5-10 m deep. Painted,
+  striped, plaster or brick walls with flat doors / pictures / shelves, tiled / plank / carpet
+  floors, a light ceiling; 3-7 warm-coloured boxes (some rotated), spheres, stacks and tables on
+  the floor; warm light from above with soft ambient light; camera at 1.1-1.8 m looking level to
+  25 degrees down, 55-70 degree field of view. Every pixel is valid; depth about 0.3-13 m.
+- `"target"`: the demo's shifted, unlabeled domain: the same kind of rooms seen through a poor
+  camera (`CameraEffects`: a hue shift, washed-out colours, lost contrast, wrong exposure and
+  defocus blur; severity uniform in 0-1 per image), what a robot's or an underwater camera does to
+  images. The geometry is the source's; what changes is everything a model reads depth from.
+- `"outdoor"` and `"outdoor_shifted"`: an infinite ground to the horizon under a sky with clouds
+  (invalid depth), 10-20 objects (boxes, buildings, trees, poles, boulders, crates, logs,
+  barrels) over 1.5-25 m, valid depth up to 30 m; the shifted one has other objects, a cool, low
+  sun, haze, bluish palettes and wider, slightly rolled cameras. (The demo used them until it was
+  measured that a model this small learns almost nothing that transfers between them.)
 
 `write_domain` writes the plain folder layout that `pseudodepth.data` reads:
 `out/images/000000.png` and `out/depth/000000.png` (16-bit, millimetres, 0 = invalid).
@@ -35,6 +35,7 @@ gradients, shadows), so source-trained models transfer imperfectly and target im
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +50,7 @@ from .data.formats import write_png16
 from .imageio import atomic_write_bytes
 
 __all__ = [
-    "Box", "Camera", "Cylinder", "DOMAINS", "DomainConfig", "Lighting", "Material", "Plane", "Scene",
+    "Box", "Camera", "CameraEffects", "Cylinder", "DOMAINS", "DomainConfig", "Lighting", "Material", "Plane", "Scene",
     "Sky", "Sphere", "contact_sheet", "make_demo_data", "render", "render_scene", "rotation",
     "sample_scene", "write_domain",
 ]
@@ -389,6 +390,36 @@ class Scene:
     haze: float = 0.0  # extinction per metre of distance, towards the sky's horizon colour
     max_depth: float = np.inf  # farther pixels are rendered but marked invalid
     background: Vector = (0.0, 0.0, 0.0)  # colour of misses when there is no sky
+    camera_effects: "CameraEffects | None" = None  # what a poor camera does to the image (depth unchanged)
+
+
+@dataclass
+class CameraEffects:
+    """A poor camera (murky water, haze, a cheap robot sensor): a hue shift, washed-out colours, lost
+    contrast, wrong exposure and defocus blur, all scaled by ``severity`` (0 = clean, 1 = strong).
+
+    ``hue``: hue rotation at severity 1 (fraction of the colour circle); ``exposure``: brightness
+    multiplier at severity 1. Applied to the finished display image; depth is not touched.
+    """
+
+    severity: float
+    hue: float = 0.0
+    exposure: float = 1.0
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        s = float(np.clip(self.severity, 0.0, 1.0))
+        if s == 0.0:
+            return rgb
+        hsv = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2HSV)  # H in degrees
+        hsv[..., 0] = (hsv[..., 0] + 360.0 * self.hue * s) % 360.0
+        hsv[..., 1] *= 1 - 0.6 * s
+        x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        mean = x.mean()
+        x = (mean + (x - mean) * (1 - 0.55 * s)) * self.exposure ** s
+        sigma = 2.0 * s * rgb.shape[1] / 128
+        if sigma >= 0.3:
+            x = cv2.GaussianBlur(x, (0, 0), sigma)
+        return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
 
 
 def _screen_box(bound, camera: Camera, height: int, width: int) -> tuple[int, int, int, int]:
@@ -475,6 +506,8 @@ def render(scene: Scene, size: tuple[int, int] = (256, 256)) -> tuple[np.ndarray
     valid = np.isfinite(t_best) & (t_best <= scene.max_depth)
     depth = np.where(valid, t_best, 0.0).astype(np.float32)
     rgb = np.round(np.clip(colour, 0, 1) ** (1 / 2.2) * 255).astype(np.uint8).reshape(height, width, 3)
+    if scene.camera_effects is not None:
+        rgb = scene.camera_effects.apply(rgb)
     return rgb, depth, valid
 
 
@@ -536,6 +569,7 @@ class DomainConfig:
     haze: Range = (0.0, 0.0)
     clouds: Range = (0.0, 0.0)
     max_depth: float = 60.0
+    camera_effects: Range = (0.0, 0.0)  # severity of `CameraEffects` per image (0, 0: a clean camera)
 
     def __post_init__(self) -> None:
         problems = []
@@ -672,9 +706,22 @@ _OBJECT_BUILDERS: dict[str, Callable[[Rng, DomainConfig, float, float], Placed]]
 _MIN_DISTANCE = {"building": 12.0, "tree": 4.0}  # metres beyond the footprint, so they do not fill the view
 
 
+_ROOMS = DomainConfig(
+    name="source", layout="room",
+    object_kinds={"box": 0.4, "sphere": 0.3, "stack": 0.15, "table": 0.15}, n_objects=(3, 7),
+    object_distance=(1.3, 7.0),
+    floor_styles=("tiles", "planks", "carpet"), wall_styles=("paint", "wallpaper", "plaster", "bricks"),
+    object_hue=(0.0, 0.17), object_saturation=(0.3, 0.75), object_value=(0.45, 0.9),
+    light_colour=(1.0, 0.82, 0.6), light_elevation_deg=(35.0, 75.0), ambient_colour=(0.38, 0.32, 0.26),
+    max_depth=20.0,
+)
+
 DOMAINS: dict[str, DomainConfig] = {
-    "source": DomainConfig(
-        name="source", layout="outdoor",
+    "source": _ROOMS,
+    # the same kind of rooms seen through a poor camera (severity uniform in 0-1 per image)
+    "target": dataclasses.replace(_ROOMS, name="target", camera_effects=(0.0, 1.0)),
+    "outdoor": DomainConfig(
+        name="outdoor", layout="outdoor",
         object_kinds={"box": 0.2, "sphere": 0.15, "tree": 0.2, "building": 0.1, "crate": 0.15, "boulder": 0.1,
                       "stack": 0.1},
         n_objects=(10, 20), object_distance=(1.5, 25.0),
@@ -685,17 +732,8 @@ DOMAINS: dict[str, DomainConfig] = {
         light_colour=(1.05, 0.95, 0.8), light_elevation_deg=(45.0, 80.0), ambient_colour=(0.35, 0.32, 0.28),
         haze=(0.0, 0.003), clouds=(0.0, 0.5), max_depth=30.0,
     ),
-    "indoor": DomainConfig(
-        name="indoor", layout="room",
-        object_kinds={"box": 0.4, "sphere": 0.3, "stack": 0.15, "table": 0.15}, n_objects=(3, 7),
-        object_distance=(1.3, 7.0),
-        floor_styles=("tiles", "planks", "carpet"), wall_styles=("paint", "wallpaper", "plaster", "bricks"),
-        object_hue=(0.0, 0.17), object_saturation=(0.3, 0.75), object_value=(0.45, 0.9),
-        light_colour=(1.0, 0.82, 0.6), light_elevation_deg=(35.0, 75.0), ambient_colour=(0.38, 0.32, 0.26),
-        max_depth=20.0,
-    ),
-    "target": DomainConfig(
-        name="target", layout="outdoor",
+    "outdoor_shifted": DomainConfig(
+        name="outdoor_shifted", layout="outdoor",
         object_kinds={"building": 0.12, "tree": 0.2, "pole": 0.1, "boulder": 0.15, "crate": 0.13, "log": 0.1,
                       "barrel": 0.2},
         n_objects=(10, 20), object_distance=(1.5, 25.0),
@@ -794,7 +832,11 @@ def sample_scene(domain: str | DomainConfig, rng: np.random.Generator) -> Scene:
         sky = Sky(horizon=_hsv_albedo(rng, ((0.55, 0.62), (0.08, 0.25), (0.82, 0.95))),
                   zenith=_hsv_albedo(rng, ((0.58, 0.64), (0.35, 0.6), (0.6, 0.85))),
                   clouds=rng.uniform(*cfg.clouds), seed=int(rng.integers(2**31)))
-    return Scene(camera, primitives, lighting, sky, haze=rng.uniform(*cfg.haze), max_depth=cfg.max_depth)
+    haze = rng.uniform(*cfg.haze)
+    effects = None
+    if cfg.camera_effects[1] > 0:  # drawn last: a clean domain's scenes do not depend on this option
+        effects = CameraEffects(rng.uniform(*cfg.camera_effects), rng.uniform(-0.25, 0.25), float(np.exp(rng.uniform(-0.6, 0.4))))
+    return Scene(camera, primitives, lighting, sky, haze=haze, max_depth=cfg.max_depth, camera_effects=effects)
 
 
 def _domain(domain: str | DomainConfig) -> DomainConfig:
