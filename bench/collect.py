@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README_START, README_END = "<!-- BENCHMARKS:START -->", "<!-- BENCHMARKS:END -->"
 SECTIONS = [  # (results file, heading, what it measures)
     ("demo.md", "End-to-end demo and ablation (`pseudodepth demo --ablation`, `bench/demo_results.py`)",
-     "Generated outdoor scenes: a labeled source domain and an unlabeled, shifted target domain. Every model "
+     "Generated rooms: a labeled source domain and an unlabeled target domain (the same kind of rooms through a "
+     "poor camera). Every model "
      "stands next to the image-blind baseline, a compute-matched teacher and an oracle, on three seeds."),
     ("dead_output.md", "Dead student output: the output anchor (`bench/dead_output.py`)",
      "The first steps of a student recipe that used to collapse (full schedule, stopped early), per seed, "

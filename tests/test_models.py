@@ -9,7 +9,7 @@ import torch
 from pseudodepth.convert import hf_to_official, official_to_hf
 from pseudodepth.infer import forward, predict
 from pseudodepth.models import (ARCHS, ModelSpecError, build_model, fingerprint, infer_arch, load_model,
-                                make_config, model_info, save_checkpoint)
+                                make_config, model_info, save_checkpoint, save_encoder)
 
 
 def _same_weights(a, b) -> bool:
@@ -274,7 +274,9 @@ def test_pretrained_encoders_load_from_dinov2_pth_hf_folder_and_any_spec(tmp_pat
     hf.load_state_dict(ref, strict=False)
     hf.save_pretrained(tmp_path / "dinov2-tiny", safe_serialization=True)
     save_checkpoint(src, tmp_path / "ckpt")
-    for spec in (tmp_path / "dinov2_vitt14_pretrain.pth", tmp_path / "dinov2-tiny", tmp_path / "ckpt"):
+    save_encoder(src, tmp_path / "shipped" / "encoder.safetensors")  # the form a pretrained encoder is shipped in
+    for spec in (tmp_path / "dinov2_vitt14_pretrain.pth", tmp_path / "dinov2-tiny", tmp_path / "ckpt",
+                 tmp_path / "shipped" / "encoder.safetensors"):
         state = load_encoder_state(spec)
         target = build_model("v2", "tiny", seed=9).backbone
         target.load_state_dict(state)
@@ -283,3 +285,8 @@ def test_pretrained_encoders_load_from_dinov2_pth_hf_folder_and_any_spec(tmp_pat
     torch.save(dino, tmp_path / "dinov2_reg.pth")
     with pytest.raises(ModelSpecError, match="registers"):
         load_encoder_state(tmp_path / "dinov2_reg.pth")
+    from safetensors.torch import save_file
+
+    save_file({"decoder.weight": torch.zeros(2)}, str(tmp_path / "not_an_encoder.safetensors"))
+    with pytest.raises(ModelSpecError, match="not_an_encoder.safetensors: not an encoder state dict"):
+        load_encoder_state(tmp_path / "not_an_encoder.safetensors")

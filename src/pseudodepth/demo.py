@@ -9,11 +9,11 @@ Every stage runs the real command's code (``DIR`` is ``--out``)::
     5 eval     evaluate.evaluate          DIR/eval/{source_test, target_test}/
     6 report   report.Report              DIR/metrics.json, DIR/report.md, DIR/report.html, DIR/figures/
 
-Both domains are outdoor scenes of the same kind (a ground plane to the horizon, sky, 10-20 objects
-within 25 m, depth valid to 30 m); they differ in appearance: the labeled *source* has a warm, high
-sun and warm objects (boxes, spheres, trees, crates); the unlabeled *target* a cool, low, harsh sun
-with long shadows, haze, bluish objects (poles, barrels, logs, buildings) and rolled cameras. The
-teacher never sees the target domain; the student sees the target pool through the teacher's
+The labeled *source* domain is rooms (walls, floors, boxes, spheres, tables; depth to 20 m); the
+unlabeled *target* domain is the same kind of rooms seen through a poor camera (``synth.CameraEffects``:
+a hue shift, washed-out colours, lost contrast, wrong exposure and blur, severity 0-1 per image), what a
+robot's or an underwater camera does. The teacher never sees the target domain; the student starts
+from the teacher's weights and sees the target pool through the teacher's
 pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
 to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
 random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
@@ -574,8 +574,9 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                f"{s_target:.4f} (student).")
     doc = rp.Report("pseudodepth demo: teacher -> pseudo-labels -> student", intro=[
         "Depth Anything's loop at toy scale, on this machine's CPU: a **teacher** trained on labeled scenes of "
-        "one domain (sunny, warm outdoor scenes) pseudo-labels unlabeled images of a shifted domain (cool, low "
-        "sun, haze, other objects and cameras); a **student** trained on the labeled scenes plus those "
+        "one domain (rooms) pseudo-labels unlabeled images of a shifted domain (the same kind of rooms through a "
+        "poor camera: hue shift, washed-out colours, low contrast, wrong exposure, blur); a **student**, started "
+        "from the teacher's weights and trained on the labeled scenes plus those "
         "pseudo-labels is then compared with its teacher and with an image-blind baseline on held-out scenes of "
         "both domains. " + verdict,
         "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
@@ -594,7 +595,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
             f"{100 * zero['teacher']:.1f}%, student {100 * zero['student']:.1f}%." + collapse)
     doc.add("What the models see", rp.Figure(
         examples, "Held-out scenes (4 target, 2 source). Depth maps are disparity in Spectral_r (near = warm), "
-                  "each min-max scaled; ground truth is black where invalid (sky, beyond 30 m). Teacher error: "
+                  "each min-max scaled; ground truth is black where invalid. Teacher error: "
                   f"per-pixel AbsRel after alignment, 0 (black) to {ERROR_SCALE:g} or more (yellow), grey where invalid. Dropped by the filter: the top "
                   f"{100 * ratio:g}% per-pixel SSI losses of the final student against the teacher's prediction, "
                   "i.e. what the V2 filter would ignore if the scene were in the unlabeled pool."),
