@@ -5,8 +5,12 @@ initialisation, new data order) and these models are trained and scored on the t
 
 - **baselines**: the image-blind mean map (:class:`pseudodepth.baselines.BlindMap`) and the teacher;
 - **controls**: a *compute-matched teacher* (the teacher recipe run for as many images as teacher
-  and student saw together: does the student win only by training longer?) and an *oracle* (the
-  teacher recipe on as many labeled *target* scenes: the ceiling of this model and budget);
+  and student saw together: does the student win only by training longer?), an *oracle* (the
+  teacher recipe on as many labeled *target* scenes, at the teacher's compute), the *teacher
+  continued* on labeled source for the student's steps, batch and schedule (the student starts from
+  the teacher: does it win only by a second, warm-restarted schedule?) and the *student recipe on a
+  pool of clean source images* pseudo-labeled the same way (do the strong perturbations win as
+  plain augmentation, without any target image?);
 - **Table 9 rows** of Depth Anything V1: each adds one lever to the row above (``ablation.rows``);
 - **wrong pseudo-labels**: the teacher's labels with regions replaced by wrong depth
   (:func:`wrong_regions`), a student per top-n% filter ratio, and the ratio chosen on a held-out
@@ -30,7 +34,7 @@ from .models import load_model
 from .store import LabelStore
 from .synth import write_domain
 
-EXTRA_SCENES = 300_000  # offset of the oracle / validation scenes inside a seed's scene range (< SCENES_PER_SEED / 3)
+EXTRA_SCENES = 300_000  # offset of the oracle / validation / source-pool scenes in a seed's range (< SCENES_PER_SEED / 3)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,14 @@ def plan(settings) -> list[Row]:
                         "controls", "teacher",
                         {"data": {"labeled": [{"type": "folder", "root": "data/target_train"}]},
                          "train": {"out": "oracle"}}))
+    if a.get("teacher_continued", True):
+        rows.append(Row("teacher continued on labeled source (the student's steps, batch and schedule)", "controls",
+                        "teacher", {"model": {"init": f"{t['out']}/final"}, "optim": settings.student["optim"],
+                                    "train": {"steps": s["steps"], "batch_size": s["batch_size"],
+                                              "out": "teacher_continued"}}))
+    if a.get("source_pool", True):
+        rows.append(Row("student recipe, unlabeled pool = clean source images (no target image)", "controls",
+                        "student", {"train": {"out": "student_source_pool"}}, labels="source_pool"))
     wrong = a.get("wrong_labels") or {}
     for ratio in wrong.get("ratios", []):
         train = {"out": f"student_wrong_{ratio:g}", **({"steps": int(wrong["steps"])} if "steps" in wrong else {})}
@@ -124,57 +136,54 @@ def corrupt_store(source: Path, out: Path, area: float, seed: int) -> Path:
 
 
 def extra_splits(root: Path, settings) -> dict[str, Path]:
-    """Labeled *target* scenes the main demo does not need: ``target_train`` (the oracle's data, as many as
-    the labeled source scenes) and ``target_val`` (choosing the filter ratio). Reused when present."""
+    """Scenes the main demo does not need: labeled *target* scenes ``target_train`` (the oracle's data, as
+    many as the labeled source scenes) and ``target_val`` (choosing the filter ratio), and ``source_pool``
+    (as many clean *source* images as the target pool, for the augmentation-only control). Reused when present."""
     d, a = settings.data, settings.ablation
-    wanted = {"target_train": d["n_source_train"], "target_val": int((a.get("wrong_labels") or {}).get("n_val", 100))}
+    wanted = {"target_train": ("target", d["n_source_train"], True),
+              "target_val": ("target", int((a.get("wrong_labels") or {}).get("n_val", 100)), True),
+              "source_pool": ("source", d["n_target_unlabeled"], False)}
     folders = {}
-    for offset, (name, count) in enumerate(wanted.items()):
+    for offset, (name, (domain, count, with_depth)) in enumerate(wanted.items()):
         folder = root / name
         marker = folder / "scenes.json"
         spec = json.dumps({"count": count, "seed0": d["seed"] + EXTRA_SCENES * (offset + 1), "size": list(d["size"])})
         if not (marker.is_file() and marker.read_text() == spec):
-            write_domain(folder, "target", count, d["seed"] + EXTRA_SCENES * (offset + 1), tuple(d["size"]),
-                         workers=d.get("workers", 1))
+            write_domain(folder, domain, count, d["seed"] + EXTRA_SCENES * (offset + 1), tuple(d["size"]),
+                         with_depth=with_depth, workers=d.get("workers", 1))
             marker.write_text(spec)
         folders[name] = folder
     return folders
 
 
-def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, resume: bool = False) -> dict[str, dict]:
+def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, resume: bool = False,
+             only: set[str] | None = None) -> dict[str, dict]:
     """Train and score every row of :func:`plan` for ``settings.seed`` under ``out``; ``reuse`` maps
-    ``"teacher"`` / ``"student"`` to models already trained with exactly these settings (the main run)."""
-    from .demo import deep_merge, evaluate_models, generate_data, pseudo_label, train_recipe, zero_output_share
+    ``"teacher"`` / ``"student"`` to models already trained with exactly these settings (the main run).
+    ``only``: train (and score) just the rows of these names (the others are left alone)."""
+    from .demo import evaluate_models, generate_data, pseudo_label, train_recipe, zero_output_share
 
     reuse = reuse or {}
     folders = generate_data(out, settings.data)
     extra = extra_splits(out / "data", settings)
     teacher = reuse.get("teacher") or train_recipe(settings.teacher, out, name="teacher recipe", resume=resume)
+    rows = [row for row in plan(settings) if only is None or row.name in only]
     stores = {"clean": out / "labels" / "target_unlabeled"}
     if "teacher" not in reuse:
         pseudo_label(teacher, folders["target_unlabeled"], stores["clean"], settings, progress)
+    if any(row.labels == "source_pool" for row in rows):
+        stores["source_pool"] = out / "labels" / "source_pool"
+        pseudo_label(teacher, extra["source_pool"], stores["source_pool"], settings, progress)
     wrong = settings.ablation.get("wrong_labels") or {}
-    if wrong.get("ratios"):
+    if wrong.get("ratios") and any(row.labels == "wrong" for row in rows):
         stores["wrong"] = corrupt_store(stores["clean"], out / "labels" / "target_unlabeled_wrong",
                                         float(wrong.get("area", 0.25)), settings.seed)
     results: dict[str, dict] = {}
-    for row in plan(settings):
-        if row.kind == "blind":
-            model = BlindMap.from_source(folder_source(folders["source_train"]))
-        elif row.kind == "teacher":
-            trained = teacher if not row.overrides else train_recipe(settings.teacher, out, row.overrides,
-                                                                     name=row.name, resume=resume)
-            model = load_model(trained.final)
-        else:
-            overrides = deep_merge(row.overrides or {}, {
-                "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
-            if row.overrides == {} and row.labels == "clean" and "student" in reuse:
-                trained = reuse["student"]
-            else:
-                overrides.setdefault("train", {}).setdefault("out", f"ablation_{len(results)}")
-                trained = train_recipe(settings.student, out, overrides, name=row.name,
-                                       resume=resume and not teacher.fresh)
-            model = load_model(trained.final)
+    for index, row in enumerate(plan(settings)):
+        if only is not None and row.name not in only:
+            continue
+        model = load_model(train_row(row, index, out, settings, teacher, stores, reuse, resume).final) \
+            if row.kind != "blind" else BlindMap.from_source(folder_source(folders["source_train"]))
         splits = ("target_val",) if row.group == "wrong_labels" else ()
         scores = evaluate_models({row.name: model}, out / "data", settings, None, progress,
                                  extra_splits=splits)[row.name]
@@ -183,6 +192,31 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
                                                              settings.input_size)
         results[row.name] = {"group": row.group, **scores}
     return results
+
+
+def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[str, Path], reuse: dict,
+              resume: bool):
+    """The trained model of ``row`` (the ``index``-th row of the plan; students without an ``out`` of their
+    own train into ``ablation_<index>``). A row that starts from the seed's teacher (every student, the
+    continued teacher) is retrained when the teacher was: its configuration names the teacher's folder,
+    not its weights."""
+    from .demo import deep_merge, train_recipe
+
+    teacher_final = f"{settings.teacher['train']['out']}/final"
+    if row.kind == "teacher":
+        if not row.overrides:
+            return teacher
+        from_teacher = (row.overrides.get("model") or {}).get("init") == teacher_final
+        return train_recipe(settings.teacher, out, row.overrides, name=row.name,
+                            resume=resume and not (from_teacher and teacher.fresh))
+    if row.overrides == {} and row.labels == "clean" and "student" in reuse:
+        return reuse["student"]
+    overrides = deep_merge(row.overrides or {}, {
+        "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
+    overrides.setdefault("train", {}).setdefault("out", f"ablation_{index}")
+    from_teacher = deep_merge(settings.student, overrides)["model"]["init"] == teacher_final
+    return train_recipe(settings.student, out, overrides, name=row.name,
+                        resume=resume and not (from_teacher and teacher.fresh))
 
 
 def run_ablation(out: Path, settings, progress: bool, reuse: dict | None = None, resume: bool = False) -> dict:
