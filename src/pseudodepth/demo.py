@@ -11,8 +11,8 @@ Every stage runs the real command's code (``DIR`` is ``--out``)::
 
 The labeled *source* domain is rooms (walls, floors, boxes, spheres, tables; depth to 20 m); the
 unlabeled *target* domain is the same kind of rooms seen through a poor camera (``synth.CameraEffects``:
-a hue shift, washed-out colours, lost contrast, wrong exposure and blur, severity 0-1 per image), what a
-robot's or an underwater camera does. The teacher never sees the target domain; the student starts
+a global hue shift, washed-out colours, lost contrast, wrong exposure and blur, severity 0-1 per image),
+like a cheap camera with poor white balance and a dirty lens. The teacher never sees the target domain; the student starts
 from the teacher's weights and sees the target pool through the teacher's
 pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
 to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
@@ -527,7 +527,8 @@ def _recipe_table(settings: DemoSettings) -> rp.Table:
     fa = s["feature_alignment"]
     rows = [
         ["model", f"`{t['model']['init']}` (random init, seed {t['model'].get('init_seed', 0)})",
-         f"`{s['model']['init']}` (the same random init)"],
+         f"`{s['model']['init']}`" + (" (the teacher's final weights)" if s["model"]["init"].endswith("/final")
+                                      else "")],
         ["data", f"{settings.data['n_source_train']} labeled source scenes",
          f"the same + {settings.data['n_target_unlabeled']} pseudo-labeled target images"],
         ["steps x batch", f"{t['train']['steps']} x {t['train']['batch_size']}",
@@ -621,13 +622,15 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                                           "on labeled source images, and the student's pseudo-label loss (after "
                                           "filtering) and feature-alignment term."),
             _recipe_table(settings),
-            "Nothing is pretrained here: teacher and student start from the same random initialisation (Depth "
-            "Anything starts both from a pretrained DINOv2 encoder; the student never starts from the teacher). "
-            "Feature alignment (V1: to the frozen encoder the student starts from)"
+            "Nothing is pretrained here, so the recipe departs from Depth Anything in one place: the teacher "
+            "starts from random weights and the student starts from the teacher's final weights (Depth Anything "
+            "starts both from a pretrained DINOv2 encoder and never fine-tunes the teacher into the student); the "
+            "ablation's controls include the teacher continued on labeled source for the student's steps. "
+            "Feature alignment (V1: to the frozen encoder the student starts from, here the teacher's)"
             + (f" was active (some patch below the {fa['margin']:g} cosine margin) in "
                f"{100 * np.mean(logs['student']['feature_alignment'] > 0):.0f}% of the logged steps."
-               if fa["enabled"] else " is off in this recipe: with no pretrained encoder it has nothing semantic to "
-                                     "keep (the ablation measures it)."),
+               if fa["enabled"] else " is off in this recipe: the encoder it would keep is the teacher's, not a "
+                                     "semantic one (the ablation's last Table 9 row measures it)."),
             f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
     if run.ablation is not None:
         doc.add("Ablation: baselines, controls, Table 9 rows and wrong pseudo-labels on several seeds",

@@ -20,8 +20,9 @@ Domains (`DOMAINS`), deterministic given a seed (`numpy.random.default_rng(seed)
   25 degrees down, 55-70 degree field of view. Every pixel is valid; depth about 0.3-13 m.
 - `"target"`: the demo's shifted, unlabeled domain: the same kind of rooms seen through a poor
   camera (`CameraEffects`: a hue shift, washed-out colours, lost contrast, wrong exposure and
-  defocus blur; severity uniform in 0-1 per image), what a robot's or an underwater camera does to
-  images. The geometry is the source's; what changes is everything a model reads depth from.
+  defocus blur, all global: none depends on depth; severity uniform in 0-1 per image), like a cheap
+  camera with poor white balance and a dirty lens. The geometry is the source's; what changes is the
+  appearance a model reads depth from, within the family Depth Anything's strong perturbations span.
 - `"outdoor"` and `"outdoor_shifted"`: an infinite ground to the horizon under a sky with clouds
   (invalid depth), 10-20 objects (boxes, buildings, trees, poles, boulders, crates, logs,
   barrels) over 1.5-25 m, valid depth up to 30 m; the shifted one has other objects, a cool, low
@@ -395,7 +396,7 @@ class Scene:
 
 @dataclass
 class CameraEffects:
-    """A poor camera (murky water, haze, a cheap robot sensor): a hue shift, washed-out colours, lost
+    """A poor camera (poor white balance, a dirty lens): a global hue shift, washed-out colours, lost
     contrast, wrong exposure and defocus blur, all scaled by ``severity`` (0 = clean, 1 = strong).
 
     ``hue``: hue rotation at severity 1 (fraction of the colour circle); ``exposure``: brightness
