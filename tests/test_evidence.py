@@ -4,6 +4,8 @@ and the ablation tables."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -160,7 +162,7 @@ def test_with_seed_drives_scenes_initialisation_and_training():
         assert recipe["train"]["seed"] == 1 and recipe["model"]["init_seed"] == 1
     d = base.data
     count = d["n_source_train"] + d["n_target_unlabeled"] + d["n_source_test"] + d["n_target_test"]
-    extra = ablation.EXTRA_SCENES * 2 + max(d["n_source_train"], 100)  # the ablation's oracle and validation scenes
+    extra = ablation.EXTRA_SCENES * 3 + d["n_target_unlabeled"]  # the ablation's oracle, validation and source-pool scenes
     assert two.data["seed"] - one.data["seed"] > max(count, extra)  # no scene shared between seeds
     assert demo.with_seed(base, 0).data["seed"] == 0
     with pytest.raises(ValueError, match="--seed"):
@@ -262,3 +264,37 @@ def test_ablation_plan_has_baselines_controls_rows_and_wrong_labels():
         t["steps"] * t["batch_size"] + s["steps"] * s["batch_size"], abs=t["batch_size"])
     assert [r.overrides["loss"]["drop_top_ratio"] for r in rows if r.labels == "wrong"] == [0.0, 0.1, 0.2, 0.3]
     assert ablation.student_row(settings) == next(r["name"] for r in settings.ablation["rows"] if r["student"] == {})
+
+
+def test_ablation_controls_continue_the_teacher_and_train_the_student_recipe_on_clean_source_images():
+    settings = demo.load_settings()
+    rows = {r.name: r for r in ablation.plan(settings)}
+    s = settings.student["train"]
+    continued = next(r for n, r in rows.items() if n.startswith("teacher continued"))
+    assert continued.kind == "teacher" and continued.group == "controls"
+    assert continued.overrides["model"]["init"] == f"{settings.teacher['train']['out']}/final"
+    assert (continued.overrides["train"]["steps"], continued.overrides["train"]["batch_size"]) == (s["steps"], s["batch_size"])
+    assert continued.overrides["optim"] == settings.student["optim"]
+    pool = next(r for r in rows.values() if r.labels == "source_pool")
+    assert pool.kind == "student" and pool.group == "controls" and pool.overrides["train"]["out"] != s["out"]
+    # the student rows train into ablation_<index>: a control inserted before them would move their folders
+    names = list(rows)
+    assert names.index(continued.name) > max(names.index(r["name"]) for r in settings.ablation["rows"])
+
+
+def test_severity_means_bin_per_image_scores_by_the_scenes_camera_effects(tmp_path):
+    from pseudodepth.synth import make_demo_data
+
+    make_demo_data(tmp_path / "data", 1, 1, 1, 12, seed=40, size=(16, 16))
+    split = tmp_path / "data" / "target_test"
+    severity = ablation.scene_severities(split)
+    expected_seeds = json.loads((tmp_path / "data" / "synth.json").read_text())["splits"]["target_test"]["seed0"]
+    assert expected_seeds == 43 and len(severity) == 12 and ((0 <= severity) & (severity <= 1)).all()
+    assert ablation.scene_severities(tmp_path / "data" / "source_test") is None  # a clean domain
+    scores = np.linspace(0.1, 1.2, 12)
+    csv_path = tmp_path / "per_image.csv"
+    csv_path.write_text("model,index,abs_rel\n" + "".join(f"m,{i},{v}\n" for i, v in enumerate(scores)))
+    got = ablation.severity_means(csv_path, split)
+    for k, (low, high) in enumerate(zip(ablation.SEVERITY_BINS, ablation.SEVERITY_BINS[1:])):
+        inside = [scores[i] for i in range(12) if low <= severity[i] < high or severity[i] == high == 1.0]
+        assert (got[k] is None) if not inside else got[k] == pytest.approx(np.mean(inside))

@@ -21,6 +21,7 @@ initialisation, new data order) and these models are trained and scored on the t
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ from .baselines import BlindMap
 from .data.sources import folder as folder_source
 from .models import load_model
 from .store import LabelStore
-from .synth import write_domain
+from .synth import DOMAINS, sample_scene, write_domain
 
+SEVERITY_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # camera-effect severity bins of the target test scenes
 EXTRA_SCENES = 300_000  # offset of the oracle / validation / source-pool scenes in a seed's range (< SCENES_PER_SEED / 3)
 
 
@@ -185,8 +187,12 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
         model = load_model(train_row(row, index, out, settings, teacher, stores, reuse, resume).final) \
             if row.kind != "blind" else BlindMap.from_source(folder_source(folders["source_train"]))
         splits = ("target_val",) if row.group == "wrong_labels" else ()
-        scores = evaluate_models({row.name: model}, out / "data", settings, None, progress,
+        per_image = out / "ablation_eval" / f"row{index}"
+        scores = evaluate_models({row.name: model}, out / "data", settings, per_image, progress,
                                  extra_splits=splits)[row.name]
+        by_severity = severity_means(per_image / "target_test" / "per_image.csv", out / "data" / "target_test")
+        if by_severity is not None:
+            scores["target_abs_rel_by_severity"] = by_severity
         if row.kind != "blind":
             scores["zero_output_target"] = zero_output_share(model, out / "data" / "target_test",
                                                              settings.input_size)
@@ -217,6 +223,31 @@ def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[s
     from_teacher = deep_merge(settings.student, overrides)["model"]["init"] == teacher_final
     return train_recipe(settings.student, out, overrides, name=row.name,
                         resume=resume and not (from_teacher and teacher.fresh))
+
+
+def scene_severities(split: Path) -> np.ndarray | None:
+    """The camera-effect severity of every scene of a generated split (``synth.CameraEffects``; None for a
+    clean domain), redrawn from the split's seeds in ``synth.json`` (scenes are deterministic by seed)."""
+    manifest = json.loads((split.parent / "synth.json").read_text())["splits"].get(split.name)
+    domain = DOMAINS.get((manifest or {}).get("domain", ""))
+    if domain is None or domain.camera_effects[1] <= 0:
+        return None
+    return np.array([sample_scene(domain, np.random.default_rng(manifest["seed0"] + i)).camera_effects.severity
+                     for i in range(manifest["count"])])
+
+
+def severity_means(per_image_csv: Path, split: Path) -> list[float | None] | None:
+    """Mean AbsRel of the split's images per bin of :data:`SEVERITY_BINS` (None: an empty bin)."""
+    severity = scene_severities(split)
+    if severity is None or not per_image_csv.is_file():
+        return None
+    scores = {int(r["index"]): float(r["abs_rel"]) for r in csv.DictReader(per_image_csv.open()) if r["abs_rel"]}
+    means = []
+    for low, high in zip(SEVERITY_BINS, SEVERITY_BINS[1:]):
+        inside = [scores[i] for i, s in enumerate(severity) if low <= s < high or (high == 1.0 and s == 1.0)]
+        inside = [v for v in inside if np.isfinite(v)]
+        means.append(float(np.mean(inside)) if inside else None)
+    return means
 
 
 def run_ablation(out: Path, settings, progress: bool, reuse: dict | None = None, resume: bool = False) -> dict:
@@ -281,6 +312,17 @@ def tables(summary: dict) -> list[rp.Table]:
                          " / ".join(f"{r:.3f}" for r in ratio),
                          "-" if zero[0] is None else " / ".join(f"{100 * z:.0f}%" for z in zero)])
         out.append(rp.Table([title, *header], rows))
+    severity = [n for n, r in first.items() if r.get("target_abs_rel_by_severity") and r["group"] != "wrong_labels"]
+    if severity:
+        bins = list(zip(SEVERITY_BINS, SEVERITY_BINS[1:]))
+        rows = []
+        for name in severity:
+            per_bin = [[r[name]["target_abs_rel_by_severity"][k] for r in summary["per_seed"].values()
+                        if name in r and r[name]["target_abs_rel_by_severity"][k] is not None] for k in range(len(bins))]
+            rows.append([name, *[mean_std(v) if v else "-" for v in per_bin]])
+        out.append(rp.Table(["target_test AbsRel by camera severity", *[f"{a:g}-{b:g}" for a, b in bins]], rows,
+                            "Severity of the target camera effects (synth.CameraEffects; 0 = a clean image), "
+                            "redrawn from the scenes' seeds; mean ± std over seeds of the per-bin mean AbsRel."))
     wrong = [n for n, r in first.items() if r["group"] == "wrong_labels"]
     if wrong:
         rows = []
