@@ -41,9 +41,11 @@ def results_markdown(run: Path) -> str:
         f"Command: `{summary['command']} --out {run.name}`, then `python bench/demo_results.py --run {run.name}`",
         "",
         f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU only. The last "
-        f"`pseudodepth demo` call took {info['total_seconds'] / 60:.0f} min ({stages}; models it found finished "
-        f"were reused); the {last[1]} trained models of the run were written between {first[0]} and {last[0]} "
-        "(file times of their config.yaml and final/pseudodepth.json).",
+        f"`pseudodepth demo` call took {info['total_seconds'] / 60:.1f} min wall ({stages}; models it found "
+        f"finished were reused) and {info.get('cpu_seconds', float('nan')) / 60:.1f} min of CPU time (its "
+        "processes and their workers; on a shared machine the wall time says little, the CPU time bounds "
+        f"what one idle core needs); the {last[1]} trained models of the run were written between {first[0]} "
+        f"and {last[0]} (file times of their config.yaml and final/pseudodepth.json).",
         "",
         f"**The demo (`make demo`): student vs teacher vs the image-blind map.** Seed {seed}, the run the "
         "ablation's first seed reuses.",
