@@ -61,7 +61,7 @@ def test_safe_join_refuses_escapes(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["random", "constant", "with_nan", "with_inf", "all_nan", "constant_with_nan",
-                                  "one_pixel", "huge_range"])
+                                  "one_pixel", "huge_range", "random_float32", "constant_float32"])
 def test_label_encoding_round_trip_against_reference(kind):
     rng = np.random.default_rng(0)
     d = {"random": rng.random((31, 17)) * 5,
@@ -71,7 +71,9 @@ def test_label_encoding_round_trip_against_reference(kind):
          "all_nan": np.full((3, 3), np.nan),
          "constant_with_nan": np.array([[2.0, np.nan], [2.0, 2.0]]),
          "one_pixel": np.array([[3.0]]),
-         "huge_range": np.array([[1e-6, 1e6], [5.0, 7.0]])}[kind]
+         "huge_range": np.array([[1e-6, 1e6], [5.0, 7.0]]),
+         "random_float32": (rng.random((23, 29)) * 3 + 0.25).astype(np.float32),  # what the teachers hand in
+         "constant_float32": np.full((5, 3), 0.75, np.float32)}[kind]
     q, lo, hi, invalid = encode_label(d)
     assert q.dtype == np.uint16
     fin = np.isfinite(d)
@@ -82,9 +84,9 @@ def test_label_encoding_round_trip_against_reference(kind):
         if not fin[idx]:
             assert q[idx] == 0
         elif invalid == 0:
-            assert q[idx] == (int(np.rint((d[idx] - lo) / (hi - lo) * 65535)) if hi > lo else 0)
+            assert q[idx] == (int(np.rint((float(d[idx]) - lo) / (hi - lo) * 65535)) if hi > lo else 0)
         else:
-            assert q[idx] == 1 + (int(np.rint((d[idx] - lo) / (hi - lo) * 65534)) if hi > lo else 0)
+            assert q[idx] == 1 + (int(np.rint((float(d[idx]) - lo) / (hi - lo) * 65534)) if hi > lo else 0)
     back = decode_label(q, lo, hi, invalid)
     assert np.array_equal(np.isfinite(back), fin)  # a non-finite teacher pixel never decodes as a valid one
     assert np.all(np.abs(back[fin] - d[fin]) <= (hi - lo) / 65534 / 2 + 1e-6 * max(1.0, abs(hi)))

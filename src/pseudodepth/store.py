@@ -35,6 +35,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 from collections import Counter
@@ -97,7 +98,19 @@ def encode_label(disparity: np.ndarray) -> tuple[np.ndarray, float, float, int]:
     as all zeros with ``min == max``). With ``n > 0`` non-finite pixels (no label there: NaN/inf teacher
     output, sky) those pixels get ``q = 0`` and the others ``q = 1 + round((d - min) / (max - min) * 65534)``.
     """
-    d = np.asarray(disparity, dtype=np.float64)
+    d = np.asarray(disparity)
+    if d.size and d.dtype.kind == "f":  # the common case, all finite: fewer passes over a multi-megapixel map
+        lo, hi = float(d.min()), float(d.max())  # min / max are exact in any float width; NaN / inf show here
+        if math.isfinite(lo) and math.isfinite(hi):
+            if hi <= lo:
+                return np.zeros(d.shape, np.uint16), lo, hi, 0
+            q = d.astype(np.float64)  # a copy: the caller's array is never modified
+            q -= lo
+            q *= PNG_MAX / (hi - lo)
+            np.rint(q, out=q)
+            np.clip(q, 0, PNG_MAX, out=q)
+            return q.astype(np.uint16), lo, hi, 0
+    d = np.asarray(d, dtype=np.float64)
     finite = np.isfinite(d)
     invalid = int(finite.size - np.count_nonzero(finite))
     if not finite.any():
