@@ -108,6 +108,34 @@ def test_killed_actor_is_restarted_and_every_image_committed_once(tmp_path, loca
     assert not list((tmp_path / "s").rglob(".tmp-*"))
 
 
+@pytest.mark.timeout(300)  # it used to wait for ever for an actor Ray Data never replaced
+def test_batch_out_of_retries_stops_the_run_in_one_line_and_rerunning_resumes(tmp_path, local_ray, monkeypatch):
+    """No batch retries: the actor that dies takes its batch with it, and the run ends (instead of waiting for
+    ever) with one line that says what to do; what was committed stays, and the same command finishes the store
+    with every image once."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    monkeypatch.setattr(label_ray, "MAX_BATCH_RETRIES", 0)
+    local_ray.write_text("crash the first batch that sees this file")
+    with pytest.raises(label_ray.RayRunError) as err:
+        label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("the Ray run stopped: ") and "run the same command again" in line
+    assert not local_ray.exists()
+    committed = LabelStore(tmp_path / "s").rows()
+    assert len(committed) < 6
+    report = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)
+    assert (report.ok, report.skipped) == (6 - len(committed), len(committed))
+    rows = LabelStore(tmp_path / "s").rows()
+    assert sorted(r["source"] for r in rows) == [f"{i}.png" for i in range(6)]
+    assert all(r["status"] == "ok" for r in rows) and not list((tmp_path / "s").rglob(".tmp-*"))
+
+
 @pytest.mark.xfail(reason="known defect: the Ray engine's metric alignment keeps other inliers than the local "
                           "engine's on the same images (63 vs 69 here); found at the end of the session, not fixed")
 def test_metric_alignment_matches_the_local_engine(tmp_path, tiny_model, local_ray):

@@ -57,6 +57,19 @@ def forward(model, pixel_values: torch.Tensor, precision: str = "fp32", tta: str
     return out
 
 
+def fast_layout(model, precision: str):
+    """``model`` with channels-last convolution weights when it runs in bf16 / fp16 (fp32: unchanged).
+
+    oneDNN (and cuDNN) run reduced-precision convolutions faster in that layout: on the 2-core AMD EPYC
+    (avx512_bf16, no AMX) the bf16 forward of V2-Small at 518 x 784 took 2.0 instead of 2.3 CPU-seconds;
+    in fp32 it made no difference. The values are those of the default layout up to the order of the
+    convolutions' sums. Converts the module in place and returns it.
+    """
+    if PRECISIONS[precision] is not None:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def is_da3(model) -> bool:
     return model_info(model).version.startswith("da3")
 

@@ -361,6 +361,7 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
          compile: bool = False, resize_on: str = "worker", writer_threads: int | None = None) -> LabelReport:
     align = infer.align_corners(model)
     space = prediction_space(model)
+    model = infer.fast_layout(model, settings.precision)
     if compile:
         model = torch.compile(model)
     # DA3 (its own resize) and confidence maps (a flipped pass) are prepared in the workers

@@ -15,7 +15,8 @@ Both engines call the same ``load_item`` / ``forward`` / ``finish_item``, so the
 Crash safety is the store's: a label is renamed into place before its row is committed, and only the
 driver commits rows. A killed actor is restarted by Ray (``max_restarts``) and its batch retried
 (``max_task_retries``): its labels are rewritten atomically with the same values and its rows are
-committed once. If the whole run dies, re-running the same command resumes.
+committed once. A batch still failing after its retries stops the run with one line
+(:class:`RayRunError`); if the whole run dies, re-running the same command resumes.
 
 Cluster use: workers read the images and write the labels themselves, so the image folder and the
 store must be on a filesystem every node mounts at the same path (NFS, Lustre, a FUSE bucket mount),
@@ -44,10 +45,12 @@ from .label import (LabelReport, LabelSettings, announce_licence, finish_item, l
 from .models import fingerprint, load_model, prediction_space
 from .store import LabelStore, StoreError
 
-# A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
-# times, before the run stops (then re-running the command resumes). Bounded, so that a batch that
-# kills every actor it reaches (e.g. out of memory) ends the run instead of looping forever.
-MAX_ACTOR_RESTARTS = 8
+# A killed actor is always restarted (-1: as often as needed, Ray Data's own default): Ray Data's actor pool
+# never replaces an actor that is dead for good, so with bounded restarts a run whose actors died that often
+# would wait forever for them. What is bounded is the batch: retried on a restarted actor up to
+# MAX_BATCH_RETRIES times, then the run stops with one line (and re-running the command resumes), so that a
+# batch that kills every actor it reaches (e.g. out of memory) ends the run instead of looping forever.
+MAX_ACTOR_RESTARTS = -1
 MAX_BATCH_RETRIES = 3
 
 # Test hook: if this environment variable names an existing file, the first actor batch that removes it
@@ -84,6 +87,7 @@ class _Teacher:
         if (got := fingerprint(self.model, settings.as_dict())) != teacher:
             raise RuntimeError(f"model {model_spec!r} on this Ray node has teacher fingerprint {got}, but the driver's "
                                f"has {teacher}; give every node the same weights (a shared path or a preset)")
+        infer.fast_layout(self.model, settings.precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         items = [{k: batch[k][i] for k in batch} for i in range(len(batch["source"]))]
@@ -133,6 +137,22 @@ def _maybe_crash() -> None:
     except FileNotFoundError:
         return
     os._exit(1)
+
+
+class RayRunError(RuntimeError):
+    """A Ray label run that stopped (a batch failed after its retries, an actor error). One line, says what to do."""
+
+
+def _ray_failure(err: BaseException, committed: int) -> RayRunError:
+    """The one line for a Ray run that failed: what failed (Ray's first line, or the actor's own exception),
+    what was kept, and the command to run again."""
+    cause = getattr(err, "cause", None)  # RayTaskError: the exception raised inside the actor or task
+    what = cause if isinstance(cause, BaseException) else err
+    text = next((ln.strip() for ln in str(what).splitlines() if ln.strip()), "")
+    return RayRunError(f"the Ray run stopped: {type(what).__name__}: {text} (a batch is retried "
+                       f"{MAX_BATCH_RETRIES} time(s) on a restarted actor before the run stops); the {committed} "
+                       "label(s) committed in this run are kept: run the same command again to continue (if a batch "
+                       "kills its actor every time, e.g. out of memory, lower --batch-size)")
 
 
 class ClusterError(RuntimeError):
@@ -308,6 +328,8 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
     except StoreError as err:  # an actor's write error arrives wrapped in Ray's multi-line RayTaskError
         cause = getattr(err, "cause", err)
         raise (cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])) from None
+    except ray.exceptions.RayError as err:  # a dead actor whose batch ran out of retries, an error in an actor
+        raise _ray_failure(err, len(committed)) from None
     finally:
         bar.close()
         store.finish(failed)
