@@ -21,7 +21,8 @@ Sections and their defaults (the Depth Anything V2 recipe)::
     optim: {encoder_lr: 5.0e-6, decoder_lr_mult: 10, weight_decay: 0.01, betas: [0.9, 0.999],
             schedule: poly, warmup_steps: 0, power: 0.9, grad_clip: 1.0}
     train: {steps: 20000, batch_size: 12, labeled_ratio: [1, 2], crop_size: 518, precision: fp32,
-            seed: 0, workers: 4, log_every: 10, save_every: 1000, out: runs/train, device: auto}
+            seed: 0, workers: 4, log_every: 10, save_every: 1000, out: runs/train, device: auto,
+            compile: false}
 
 ``mode: metric`` fine-tunes metric depth like V2's ``metric_depth/train.py``: the SiLog loss
 (``silog_lambda``) on depth in metres over ``min_depth <= depth <= model.max_depth``, a head ending
@@ -178,6 +179,7 @@ class TrainSection:
     save_every: int = 1000
     out: str = "runs/train"
     device: str = "auto"
+    compile: bool = False  # torch.compile the network (and the frozen encoder); left out of to_dict() when off
     debug_dump_weights: bool = False  # tests: every rank writes rank{r}_weights.pt and rank{r}_samples.txt
 
 
@@ -206,6 +208,8 @@ class TrainConfig:
         frozen = data["feature_alignment"]["frozen"]
         data["feature_alignment"]["frozen"] = resolve_model(frozen, self.base_dir)
         data["train"]["out"] = str(self.out_dir)
+        if not data["train"].get("compile"):  # off: runs saved before the key existed keep the same config.yaml
+            data["train"].pop("compile", None)
         return data
 
     @property

@@ -696,6 +696,9 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     net: nn.Module = DepthAndFeatures(model)
     if ctx.world > 1:
         net = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if t.compile:  # the compiled modules share the weights: checkpoints still save `model`
+        net = torch.compile(net)
+        frozen = torch.compile(frozen) if frozen is not None else None
 
     if labeled_data is not None and unlabeled_data is not None:
         n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
@@ -807,6 +810,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--out", default=None, help="override train.out (output folder)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (train.compile: true): a one-off compilation at the start")
     p.set_defaults(func=run_from_args)
     return p
 
@@ -824,6 +829,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.out is not None:
         overrides["out"] = str(Path(args.out).resolve())
+    if args.compile:
+        overrides["compile"] = True
     config = load_config(args.config, {"train": overrides} if overrides else None)
     final = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
