@@ -109,7 +109,7 @@ class LossConfig:
     drop_top_ratio: float = 0.1
     edge_aware: bool = False
     output_anchor: float = 1.0
-    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip`) is below X are
+    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip|scales`) is below X are
     # dropped before the top-n% filter (label-store sources only)
     confidence: dict | None = None
     silog_lambda: float = 0.5  # mode metric: SiLog variance focus (official 0.5)
