@@ -107,8 +107,8 @@ def test_config_loss_confidence_is_validated():
         with pytest.raises(ConfigError, match="loss.confidence"):
             config_from_dict({**base, "loss": {"confidence": bad}}, check_paths=False)
     shards = {**base, "data": {**base["data"], "unlabeled": [{"type": "shards", "index": "x/index.json"}]}}
-    with pytest.raises(ConfigError, match="label-store sources"):
-        config_from_dict({**shards, "loss": {"confidence": {"min": 0.3}}}, check_paths=False)
+    # shard exports carry the maps (tests/test_shards.py: the round trip)
+    assert config_from_dict({**shards, "loss": {"confidence": {"min": 0.3}}}, check_paths=False).loss.confidence
 
 
 def test_second_input_size_is_one_and_a_half_times_to_the_nearest_multiple_of_14():
