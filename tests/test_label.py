@@ -102,6 +102,8 @@ def test_resume_relabels_a_source_that_changed_since_it_was_labelled(tmp_path, t
     expected = predict(tiny_model, read_rgb(imgs / "a.png"), input_size=42)
     assert np.abs(store.read_disparity(row) - expected).max() <= (row["max"] - row["min"]) / 65535 + 1e-5
     assert {s: (tmp_path / "s" / rows[s]["label"]).stat().st_mtime_ns for s in kept} == kept
+    # the touched file's new time is recorded (not hashed again next time), its label kept
+    assert {r["source"]: r for r in store.rows()}["b.png"]["mtime_ns"] == (imgs / "b.png").stat().st_mtime_ns
     # a store written before size/mtime were recorded: every row is checked by its sha256 instead
     legacy = [{**r, "bytes": None, "mtime_ns": None} for r in store.rows()]
     (tmp_path / "s/manifest.parquet").unlink()
@@ -115,6 +117,7 @@ def test_resume_relabels_a_source_that_changed_since_it_was_labelled(tmp_path, t
     third = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False,
                          settings=settings)
     assert (third.ok, third.skipped, third.relabelled) == (1, 2, 1)
+    assert all(r["bytes"] == (imgs / r["source"]).stat().st_size for r in store.rows())  # recorded again
     assert "relabelled" not in label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model,
                                             progress=False, settings=settings).summary()
 

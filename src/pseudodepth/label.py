@@ -251,18 +251,23 @@ def announce_licence(meta: dict) -> None:
         print(notice, file=sys.stderr)
 
 
-def source_changed(images: Path, row: dict) -> bool:
-    """Whether a row's source file changed since the row was written: its size or modification time differ
-    from the row's (or the row predates those columns) and its sha256 differs from the row's ``hash``.
-    A file that is gone or unreadable counts as unchanged (there is nothing to relabel it from)."""
+def check_source(images: Path, row: dict) -> tuple[bool, dict | None]:
+    """Whether a row's source file changed since the row was written, and the row with the file's current
+    size and modification time when only those changed (to record, so the next run need not hash it again).
+
+    Changed: its size or modification time differ from the row's (or the row predates those columns)
+    and its sha256 differs from the row's ``hash``. A file that is gone or unreadable counts as
+    unchanged (there is nothing to relabel it from)."""
     try:
         path = safe_join(images, row["source"], follow_links=True)
         stat = path.stat()
         if (row.get("bytes"), row.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
-            return False
-        return hashlib.sha256(path.read_bytes()).hexdigest() != row["hash"]
+            return False, None
+        if hashlib.sha256(path.read_bytes()).hexdigest() != row["hash"]:
+            return True, None
     except (OSError, ValueError):
-        return False
+        return False, None
+    return False, {**row, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
@@ -271,12 +276,20 @@ def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
     (todo, label path map, done count, relabelled count).
 
     Sources without a row are to do, and so are those whose file changed since their row was written
-    (:func:`source_changed`; their new row replaces the old one). The walk never enters the store
+    (:func:`check_source`; their new row replaces the old one). The walk never enters the store
     itself nor any other folder pseudodepth wrote."""
     sources = list_files(images, exclude=(store.root,))
     store.open_for(teacher, meta, overwrite=overwrite)
     rows = {r["source"]: r for r in store.rows()}
-    changed = {s for s in sources if s in rows and source_changed(images, rows[s])}
+    changed, refreshed = set(), []
+    for s in sources:
+        if s in rows:
+            is_changed, refresh = check_source(images, rows[s])
+            if is_changed:
+                changed.add(s)
+            elif refresh is not None:
+                refreshed.append(refresh)
+    store.append(refreshed)  # same bytes, new size/time recorded: not hashed again next time
     todo = [s for s in sources if s not in rows or s in changed]
     labels = label_paths(sorted(set(sources) | set(rows)))
     return todo, labels, len(sources) - len(todo), len(changed)
