@@ -108,6 +108,19 @@ def test_killed_actor_is_restarted_and_every_image_committed_once(tmp_path, loca
     assert not list((tmp_path / "s").rglob(".tmp-*"))
 
 
+def test_a_stopped_ray_run_is_one_line_that_says_what_to_do():
+    """What the driver turns Ray's errors into (no Ray needed): one line, the actor's own exception when Ray
+    wraps one (RayTaskError's ``cause``), what was kept and the command to run again."""
+    died = label_ray._ray_failure(ray.exceptions.ActorDiedError(), 2)
+    assert isinstance(died, RuntimeError) and "\n" not in str(died)
+    assert str(died).startswith("the Ray run stopped: ActorDiedError: The actor died unexpectedly")
+    assert "the 2 label(s) committed in this run are kept: run the same command again" in str(died)
+    wrapped = RuntimeError("ray::MapWorker traceback\n  File x, line 1\nMemoryError: boom")
+    wrapped.cause = MemoryError("killed by the OOM killer\nsecond line")
+    line = str(label_ray._ray_failure(wrapped, 0))
+    assert "\n" not in line and "MemoryError: killed by the OOM killer (" in line and "lower --batch-size" in line
+
+
 @pytest.mark.timeout(300)  # it used to wait for ever for an actor Ray Data never replaced
 def test_batch_out_of_retries_stops_the_run_in_one_line_and_rerunning_resumes(tmp_path, local_ray, monkeypatch):
     """No batch retries: the actor that dies takes its batch with it, and the run ends (instead of waiting for
