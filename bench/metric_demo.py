@@ -18,9 +18,11 @@ Per seed, on generated scenes with exact depth (``pseudodepth.synth``):
 Usage:  .venv/bin/python bench/metric_demo.py [--quick] [--seeds 0 1 2] [--work DIR]
 Writes bench/results/metric_demo.md (``--quick``: bench/results/metric_demo_quick.md).
 
-The default ("small") setting is sized to about 10-12 CPU minutes for three seeds on one thread of a
-2-core machine (200 / 300 / 50 scenes, 600 + 1000 training steps of ``da-v2-tiny`` at 56 px); ``--quick``
-is a smoke test of a few minutes that shows the script runs, not what the method gives.
+The default ("small") setting: 100 / 100 / 30 scenes, 300 + 250 training steps of ``da-v2-tiny`` at
+56 px, about 1.6 CPU minutes for three seeds on one thread (23 min wall, niced, beside other jobs'
+training at load 6-13). A larger setting (200 / 300 / 50 scenes, 600 + 1000 steps, ~5 CPU minutes)
+ran at ~3 s per step under that load and could not finish in the session. ``--quick`` is a smoke test
+that shows the script runs, not what the method gives.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from pseudodepth.train import train
 ROOT = Path(__file__).resolve().parents[1]
 MAX_DEPTH = 80.0  # the outdoor (Virtual KITTI) range of the official metric models; scenes reach 60 m
 SETTINGS = {  # name: (source train, target pool, target test, size, crop, teacher steps, student steps, batch)
-    "small": (200, 300, 50, (64, 80), 56, 600, 1000, 4),  # ~3-4 CPU minutes per seed (one thread)
+    "small": (100, 100, 30, (64, 80), 56, 300, 250, 4),  # ~0.5 CPU minute per seed; ~8 min wall at load 12
     "quick": (16, 16, 6, (64, 80), 56, 80, 30, 4),
 }
 
