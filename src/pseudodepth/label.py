@@ -348,14 +348,6 @@ class _Sources(Dataset):
         return load_item(self.root, self.rels[i], self.settings, self.resize)
 
 
-def _worker_init(_: int) -> None:
-    """Decode workers resize with one OpenCV thread each (torch already gives them one): the workers run
-    side by side with the forward pass's threads, and more threads than cores only preempt each other."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 class _Writer(threading.Thread):
     """Labels off the critical path: a pool of threads upsamples, encodes and writes (OpenCV and torch release
     the GIL); this thread commits the rows in order. Errors are re-raised in the main thread."""
@@ -513,8 +505,7 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
     writer = _Writer(store, labels, teacher, align, report, bar, settings, space, threads)
     writer.start()
     loader = DataLoader(_Sources(images, todo, settings, resize=not on_device), batch_size=None,
-                        num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False,
-                        worker_init_fn=_worker_init if workers else None)
+                        num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
     buckets: dict[tuple[int, int], list[dict]] = {}
     start = time.perf_counter()
 
