@@ -52,7 +52,7 @@ from .colorize import colorize
 from .config import config_from_dict
 from .data.sources import folder as folder_source
 from .evaluate import evaluate
-from .imageio import IMAGE_EXTENSIONS, read_rgb
+from .imageio import is_image_name, read_rgb
 from .infer import predict
 from .label import LabelSettings, label_folder
 from .losses import pseudo_label_terms
@@ -487,7 +487,7 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
     (sorted by name; other files are left out)."""
     if count is None:
         return folder
-    images = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()][:count]
+    images = [p for p in sorted(folder.iterdir()) if is_image_name(p.name) and p.is_file()][:count]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for image in images:

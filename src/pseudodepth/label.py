@@ -33,7 +33,7 @@ from .align import AlignError, AlignSettings, align_to_sparse
 from .confidence import METHODS as CONFIDENCE_METHODS
 from .confidence import FORMULA as CONFIDENCE_FORMULA
 from .confidence import agreement
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_files, safe_join
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_images, safe_join
 from .licences import licence_of, non_commercial_notice
 from .models import fingerprint, load_model, model_info, prediction_space
 from .preprocess import DEFAULT_INPUT_SIZE, network_size, prepare, prepare_tensor, upsample
@@ -93,6 +93,7 @@ class LabelReport:
     skipped: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files without an image extension: not inputs
 
     @property
     def images_per_second(self) -> float:
@@ -108,7 +109,11 @@ class LabelReport:
                 self.failures.append(f"{r['source']}: {r['error']}")
 
     def summary(self) -> str:
-        return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done; "
+        ignored = ""
+        if self.ignored:
+            names = ", ".join(self.ignored[:3]) + (", ..." if len(self.ignored) > 3 else "")
+            ignored = f", {len(self.ignored)} non-image file{'s' * (len(self.ignored) > 1)} ignored ({names})"
+        return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done{ignored}; "
                 f"{self.images_per_second:.2f} images/s over {self.seconds:.1f} s")
 
 
@@ -211,16 +216,19 @@ def announce_licence(meta: dict) -> None:
         print(notice, file=sys.stderr)
 
 
-def plan(store: LabelStore, images: Path, teacher: str, meta: dict, overwrite: bool) -> tuple[list[str], dict, int]:
-    """Open the store for this teacher and list the sources still to do: (todo, label path map, done count).
+def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
+         overwrite: bool) -> tuple[list[str], dict, LabelReport]:
+    """Open the store for this teacher and list the sources still to do: (todo, label path map, the report
+    to fill, which counts the done rows and names the non-image files left out).
 
-    The walk never enters the store itself nor any other folder pseudodepth wrote."""
-    sources = list_files(images, exclude=(store.root,))
+    Sources are the files with an image extension (a corrupt one becomes a failed row; a ``README.md``
+    is no input). The walk never enters the store itself nor any other folder pseudodepth wrote."""
+    sources, others = list_images(images, exclude=(store.root,))
     store.open_for(teacher, meta, overwrite=overwrite)
     done = {r["source"] for r in store.rows()}
     todo = [s for s in sources if s not in done]
     labels = label_paths(sorted(set(sources) | done))
-    return todo, labels, len(sources) - len(todo)
+    return todo, labels, LabelReport(skipped=len(sources) - len(todo), ignored=others)
 
 
 class _Sources(Dataset):
@@ -350,10 +358,10 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)
     with store.writing():
-        todo, labels, done = plan(store, images, teacher, meta, overwrite)
+        todo, labels, report = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run(model, store, images, todo, labels, teacher, settings, batch_size, workers, progress,
-                    LabelReport(skipped=done), compile, resize_on, writer_threads)
+                    report, compile, resize_on, writer_threads)
 
 
 def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,
