@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,17 +37,19 @@ import yaml
 
 from . import report as rp
 from .colorize import colorize
-from .config import ConfigError, config_from_dict, resolve_source
-from .demo import Stages, abs_rel_map, cpu_seconds, deep_merge, filter_dropped
-from .evaluate import EVAL_KEYS, evaluate, parse_data_spec, read_data_spec
+from .config import ConfigError, config_from_dict, deep_merge, resolve_source
+from .evaluate import EVAL_KEYS, parse_data_spec, read_data_spec
 from .hub import licence_of, update_model_card
 from .imageio import read_rgb
 from .infer import predict
 from .interrupt import Interrupted
-from .label import LabelSettings, label_folder
+from .label import LabelSettings
+from .losses import filter_dropped
+from .metrics import abs_rel_map
 from .models import ARCHS, PRESETS, load_encoder_state, load_model, model_info
+from .stages import Stages, cpu_seconds, evaluate_sets, label_images, train_run
 from .store import LabelStore
-from .train import latest_checkpoint, train
+from .train import latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RECIPE = CONFIG_DIR / "adapt.yaml"
@@ -242,34 +243,8 @@ def check_student_folder(plan: AdaptPlan, check_paths: bool = False):
 
 def train_student(plan: AdaptPlan) -> tuple[Path, str]:
     """Train (or resume, or reuse) the student; returns (final folder, what happened)."""
-    config = check_student_folder(plan, check_paths=True)
-    saved = config.out_dir / "config.yaml"
-    final = config.out_dir / "final"
-    if saved.is_file() and (final / "pseudodepth.json").is_file():
-        return final, "finished earlier: skipped"
-    checkpoint = latest_checkpoint(config.out_dir)
-    if checkpoint is None:
-        shutil.rmtree(config.out_dir / "final", ignore_errors=True)
-    what = f"resumed from {checkpoint.name}" if checkpoint else "trained"
-    return train(config, resume=True), what
-
-
-def evaluate_sets(plan: AdaptPlan, models: dict[str, torch.nn.Module], progress: bool) -> tuple[dict, list[str]]:
-    """``{model: {set: metrics}}``; a set evaluated earlier (``RUN/eval/<set>/metrics.json``) is read back."""
-    metrics: dict[str, dict] = {name: {} for name in MODELS}
-    skipped = []
-    for name, spec in plan.evals.items():
-        out = plan.out / "eval" / name
-        done = out / "metrics.json"
-        earlier = json.loads(done.read_text()).get("models", {}) if done.is_file() else {}
-        if all(model in earlier for model in MODELS):  # metrics.json is written last, atomically
-            scores = {m: {k: float(v) if isinstance(v, str) else v for k, v in earlier[m].items()} for m in MODELS}
-            skipped.append(name)
-        else:
-            scores = evaluate(models, spec, input_size=plan.input_size, progress=progress, out_dir=out)
-        for model in MODELS:
-            metrics[model][name] = scores[model]
-    return metrics, skipped
+    trained = train_run(check_student_folder(plan, check_paths=True), resume=True)
+    return trained.final, trained.what
 
 
 # --------------------------------------------------------------------------- report
@@ -434,12 +409,9 @@ def adapt(teacher: str, images: list[str], out: str | os.PathLike, *, student: s
         with stages("label", f"pseudo-labelling {', '.join(map(str, plan.images.values()))} with {teacher}"):
             settings = LabelSettings(input_size=plan.input_size, precision=label["precision"])
             for name, folder in plan.images.items():
-                report = label_folder(teacher, folder, plan.out / "labels" / name, batch_size=label["batch_size"],
-                                      workers=label["workers"], settings=settings, device=device,
+                report = label_images(teacher, folder, plan.out / "labels" / name, settings,
+                                      batch_size=label["batch_size"], workers=label["workers"], device=device,
                                       model=teacher_model, progress=progress)
-                if report.ok + report.skipped == 0:
-                    raise RuntimeError(f"{folder}: no image could be labelled ({report.failures[:3]}); "
-                                       "give a folder of images")
                 summary["label"][name] = report.summary()
                 stages.say(f"  {name}: {report.summary()}")
         current = "student"
@@ -450,7 +422,8 @@ def adapt(teacher: str, images: list[str], out: str | os.PathLike, *, student: s
         current = "eval"
         models = {"teacher": teacher_model, "student": load_model(final, device=device)}
         with stages("eval", f"teacher and student on {len(plan.evals)} eval set(s)"):
-            metrics, skipped = evaluate_sets(plan, models, progress)
+            metrics, skipped = evaluate_sets(models, plan.evals, plan.input_size, plan.out / "eval", progress,
+                                             reuse=True)
             (plan.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             summary["eval_skipped"] = skipped
         current = "report"

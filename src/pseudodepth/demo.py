@@ -28,12 +28,9 @@ and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_studen
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -47,21 +44,20 @@ import yaml
 
 from . import ablation
 from . import report as rp
+from .ablation import run_ablation
 from .baselines import BlindMap
 from .colorize import colorize
-from .config import config_from_dict
+from .config import config_from_dict, deep_merge
 from .data.sources import folder as folder_source
-from .evaluate import evaluate
 from .imageio import is_image_name, read_rgb
 from .infer import predict
-from .label import LabelSettings, label_folder
-from .losses import pseudo_label_terms
-from .metrics import align_least_squares
+from .label import LabelSettings
+from .losses import filter_dropped
+from .metrics import abs_rel_map
 from .models import load_model
+from .stages import Stages, Trained, cpu_seconds, evaluate_sets, label_images, train_run
 from .store import LabelStore
-from .ablation import run_ablation
 from .synth import make_demo_data
-from .train import latest_checkpoint, train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
@@ -73,17 +69,6 @@ QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figu
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` on top of ``base``: nested mappings merge key by key, anything else (lists too) replaces."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @dataclass
@@ -166,38 +151,6 @@ def default_photos() -> Path | None:
     return next((p for p in candidates if p.is_dir()), None)
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class Stages:
-    """Announces numbered stages on stderr and records each one's wall time in ``seconds``."""
-
-    def __init__(self, total: int, progress: bool = True) -> None:
-        self.total, self.progress, self.done = total, progress, 0
-        self.seconds: dict[str, float] = {}
-        self.start = time.perf_counter()
-
-    def say(self, text: str) -> None:
-        if self.progress:
-            print(text, file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str, what: str):
-        self.done += 1
-        self.say(f"[{self.done}/{self.total}] {name}: {what}")
-        tic = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tic
-        self.say(f"[{self.done}/{self.total}] {name}: done in {time.perf_counter() - tic:.1f} s "
-                 f"(total {time.perf_counter() - self.start:.0f} s)")
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished child processes (render and data-loader workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 # --------------------------------------------------------------------------- stages
 
 
@@ -216,40 +169,12 @@ def generate_data(out: Path, data: dict) -> dict[str, Path]:
     return folders
 
 
-@dataclass(frozen=True)
-class Trained:
-    """A model a stage produced: its folder, and whether it was trained in this run (False: reused)."""
-
-    final: Path
-    fresh: bool
-
-
-def finished_run(out_dir: Path, config_yaml: str) -> Path | None:
-    """``out_dir/final`` when ``out_dir`` holds a finished training run of exactly ``config_yaml``."""
-    final, meta = out_dir / "final", out_dir / "final" / "pseudodepth.json"  # written last by save_checkpoint
-    saved = out_dir / "config.yaml"
-    if meta.is_file() and saved.is_file() and saved.read_text() == config_yaml:
-        return final
-    return None
-
-
 def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: str = "recipe",
                  resume: bool = False) -> Trained:
-    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top.
-
-    Without ``resume`` an earlier run in the same folder is removed and training starts from scratch.
-    With ``resume`` a finished run of the same configuration is reused as it is (``fresh=False``), and an
-    interrupted one (same configuration, a checkpoint saved, e.g. at Ctrl-C) continues from its newest
-    checkpoint instead of starting again."""
-    config = config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name)
-    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    if resume and (final := finished_run(config.out_dir, config_yaml)):
-        return Trained(final, fresh=False)
-    saved = config.out_dir / "config.yaml"
-    if resume and latest_checkpoint(config.out_dir) is not None and saved.is_file() and saved.read_text() == config_yaml:
-        return Trained(train(config, resume=True), fresh=True)
-    shutil.rmtree(config.out_dir, ignore_errors=True)
-    return Trained(train(config), fresh=True)
+    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top, as
+    :func:`pseudodepth.stages.train_run` does (``resume``: reuse a finished run of the same configuration,
+    continue an interrupted one from its checkpoint)."""
+    return train_run(config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name), resume=resume)
 
 
 def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSettings, progress: bool) -> str:
@@ -257,51 +182,20 @@ def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSett
 
     A teacher trained in this run relabels everything; a reused one continues the store (labels
     already written are kept, see :func:`pseudodepth.label.label_folder`)."""
-    report = label_folder(str(teacher.final), images, store, batch_size=settings.label_batch_size, workers=1,
-                          settings=LabelSettings(input_size=settings.input_size), overwrite=teacher.fresh,
-                          progress=progress)
-    if report.ok + report.skipped == 0:
-        raise RuntimeError(f"{store}: no image of {images} could be labelled: {report.failures[:3]}")
+    report = label_images(str(teacher.final), images, store, LabelSettings(input_size=settings.input_size),
+                          batch_size=settings.label_batch_size, workers=1, overwrite=teacher.fresh, progress=progress)
     return report.summary() + (f" ({'; '.join(report.failures)})" if report.failures else "")
 
 
 def evaluate_models(models: dict[str, Any], data: Path, settings: DemoSettings, out: Path | None,
                     progress: bool, extra_splits: tuple[str, ...] = ()) -> dict[str, dict[str, dict[str, float]]]:
     """``{model: {split: metrics}}`` on ``data/<split>`` for the test splits and ``extra_splits``
-    (``out/<split>/`` files)."""
-    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    for split in (*TEST_SPLITS, *extra_splits):
-        scores = evaluate(models, f"folder:{data / split}", input_size=settings.input_size, progress=progress,
-                          out_dir=None if out is None else out / split)
-        for name in models:
-            results[name][split] = scores[name]
-    return results
+    (``out/<split>/`` files), by :func:`pseudodepth.stages.evaluate_sets`."""
+    sets = {split: f"folder:{data / split}" for split in (*TEST_SPLITS, *extra_splits)}
+    return evaluate_sets(models, sets, settings.input_size, out, progress)[0]
 
 
 # --------------------------------------------------------------------------- per-pixel views
-
-
-def abs_rel_map(pred_disparity: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray,
-                min_depth: float, max_depth: float) -> np.ndarray:
-    """Per-pixel AbsRel ``|d - g| / g`` of a prediction after the evaluation's least-squares alignment
-    (:func:`pseudodepth.metrics.align_least_squares`, disparity space); NaN outside ``valid``."""
-    valid = np.asarray(valid, dtype=bool) & np.isfinite(gt_depth) & (gt_depth > 0)
-    if not valid.any():
-        return np.full(gt_depth.shape, np.nan)
-    depth = align_least_squares(pred_disparity, gt_depth, valid, "disparity", min_depth=min_depth,
-                                max_depth=max_depth)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(valid, np.abs(depth - gt_depth) / gt_depth, np.nan)
-
-
-def filter_dropped(pred: np.ndarray, pseudo: np.ndarray, ratio: float) -> np.ndarray:
-    """Pixels the V2 filter drops when ``pred`` is trained on the pseudo-label ``pseudo`` (H x W disparities):
-    the ``ratio`` largest of the per-pixel SSI losses ``|pred_hat - pseudo_hat|``
-    (:func:`pseudodepth.losses.pseudo_label_terms`, every pixel valid as for a pseudo-label)."""
-    pred_t = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None]
-    pseudo_t = torch.as_tensor(np.asarray(pseudo, dtype=np.float32))[None]
-    terms = pseudo_label_terms(pred_t, pseudo_t, torch.ones_like(pred_t, dtype=torch.bool), drop_ratio=ratio)
-    return ~terms.keep[0].numpy()
 
 
 @dataclass
