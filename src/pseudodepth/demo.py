@@ -49,19 +49,17 @@ from .baselines import BlindMap
 from .colorize import colorize
 from .config import config_from_dict, deep_merge
 from .data.sources import folder as folder_source
-from .imageio import is_image_name, read_rgb
+from .imageio import is_image_name
 from .infer import predict
 from .label import LabelSettings
-from .losses import filter_dropped
-from .metrics import abs_rel_map
 from .models import load_model
+from .report import run as run_report
+from .report.run import ERROR_SCALE, SceneViews, pseudo_label_rows, scene_figure, scene_views
 from .stages import Stages, Trained, cpu_seconds, evaluate_sets, label_images, train_run
-from .store import LabelStore
 from .synth import make_demo_data
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
-ERROR_SCALE = 1.0  # per-pixel AbsRel at the top of the error colour scale
 MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
@@ -198,32 +196,6 @@ def evaluate_models(models: dict[str, Any], data: Path, settings: DemoSettings, 
 # --------------------------------------------------------------------------- per-pixel views
 
 
-@dataclass
-class SceneViews:
-    """Predictions on one labeled test image and what the figures and filter statistics need."""
-
-    rgb: np.ndarray
-    depth: np.ndarray
-    valid: np.ndarray
-    teacher: np.ndarray
-    student: np.ndarray
-    teacher_error: np.ndarray  # per-pixel AbsRel, NaN where the ground truth is invalid
-    dropped: np.ndarray  # pixels the filter drops (student on the teacher's pseudo-label)
-
-
-def scene_views(models: dict[str, torch.nn.Module], split_dir: Path, indices: list[int], input_size: int,
-               ratio: float) -> list[SceneViews]:
-    source = folder_source(split_dir)
-    views = []
-    for i in indices:
-        rgb, depth, valid = source.load(i)
-        teacher = predict(models["teacher"], rgb, input_size)
-        student = predict(models["student"], rgb, input_size)
-        error = abs_rel_map(teacher, depth, valid, source.min_depth, source.max_depth)
-        views.append(SceneViews(rgb, depth, valid, teacher, student, error, filter_dropped(student, teacher, ratio)))
-    return views
-
-
 def zero_output_share(model: torch.nn.Module, split_dir: Path, input_size: int, count: int = 20) -> float:
     """Share of pixels where ``model`` outputs exactly 0 on the first ``count`` images of ``split_dir``.
 
@@ -254,31 +226,13 @@ def filter_overlap(views: list[SceneViews], ratio: float) -> float:
 # --------------------------------------------------------------------------- figures
 
 
-def _gt_panel(view: SceneViews) -> np.ndarray:
-    disparity = np.where(view.valid, 1.0 / np.maximum(view.depth, 1e-6), np.nan)
-    return colorize(disparity, view.valid)
-
-
-def comparison_figure(views: list[SceneViews], titles: list[str]) -> np.ndarray:
-    columns = ["input", "ground truth", "teacher", "student", "teacher error (AbsRel)", "dropped by the filter"]
-    rows = [[v.rgb, _gt_panel(v), colorize(v.teacher), colorize(v.student),
-             rp.heatmap(v.teacher_error, ERROR_SCALE, np.isfinite(v.teacher_error), invalid_color=(190, 190, 190)), rp.overlay_mask(v.rgb, v.dropped)]
-            for v in views]
-    return rp.image_grid(rows, columns, titles, panel_height=150)
-
-
 def photo_figure(store: Path, student: torch.nn.Module, count: int, input_size: int,
                  per_row: int = 2) -> tuple[np.ndarray, list[str]]:
     """Real photos with the teacher's stored pseudo-labels and the student's prediction."""
-    label_store = LabelStore(store)
-    rows_ok = label_store.rows(status="ok")[:count]
     triplets, names = [], []
-    for row in rows_ok:
-        rgb = read_rgb(label_store.source_path(row))
-        pseudo = label_store.read_disparity(row)
-        student_disp = predict(student, rgb, input_size)
-        triplets.append([rgb, colorize(pseudo), colorize(student_disp)])  # image_grid scales
-        names.append(row["source"])
+    for source, rgb, pseudo, pred in pseudo_label_rows(store, student, count, input_size):
+        triplets.append([rgb, colorize(pseudo), colorize(pred)])  # image_grid scales
+        names.append(source)
     rows = [sum(triplets[i:i + per_row], []) for i in range(0, len(triplets), per_row)]
     width = 3 * min(per_row, len(triplets))
     rows = [r + [np.full((8, 8, 3), 255, np.uint8)] * (width - len(r)) for r in rows]
@@ -392,28 +346,14 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
 # --------------------------------------------------------------------------- report
 
 
-def _fmt_metric(value: float, metric: str) -> str:
-    return format(value, ".4f" if metric == "abs_rel" else ".3f")
-
-
 def metrics_table(metrics: dict) -> rp.Table:
     """Blind map, teacher and student per test split, with the student's change against the teacher and
     the teacher's against the blind map (a model that does not beat the blind map learned no image cue)."""
-    rows = []
-    for split in TEST_SPLITS:
-        for metric, arrow in (("abs_rel", "AbsRel ↓"), ("delta1", "δ1 ↑")):
-            b = metrics["blind"][split][metric] if "blind" in metrics else float("nan")
-            t, s = metrics["teacher"][split][metric], metrics["student"][split][metric]
-            better = s < t if metric == "abs_rel" else s > t
-            rows.append([f"`{split}`", arrow, _fmt_metric(b, metric), _fmt_metric(t, metric),
-                         f"**{_fmt_metric(s, metric)}**" if better else _fmt_metric(s, metric),
-                         f"{100 * (s / t - 1):+.1f}%" if t else "n/a",
-                         f"{100 * (t / b - 1):+.1f}%" if b == b and b else "n/a"])
-    return rp.Table(["test split", "metric", "image-blind map", "teacher", "student", "student vs teacher",
-                     "teacher vs blind"], rows,
-                    "Least-squares scale and shift in disparity space per image, then metrics in depth; mean over "
-                    "images. The image-blind map predicts the same map for every image (the mean normalised "
-                    "disparity of the labeled source scenes).")
+    return run_report.metrics_table(
+        metrics, "test split", "Least-squares scale and shift in disparity space per image, then metrics in depth; "
+                               "mean over images. The image-blind map predicts the same map for every image (the mean "
+                               "normalised disparity of the labeled source scenes).",
+        baseline=("blind", "image-blind map", "teacher vs blind"))
 
 
 def _recipe_table(settings: DemoSettings) -> rp.Table:
@@ -447,13 +387,16 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
     out, settings, metrics = run.out, run.settings, run.metrics
     ratio = float(settings.student["loss"]["drop_top_ratio"]) or 0.1
     n_target = settings.data["n_target_test"]
-    target_views = scene_views(models, out / "data" / "target_test", list(range(n_target)), settings.input_size, ratio)
+    target_views = scene_views(models, folder_source(out / "data" / "target_test"), range(n_target), settings.input_size,
+                               ratio)
     overlap = filter_overlap(target_views, ratio)
     shown = target_views[:settings.examples]
-    source_views = scene_views(models, out / "data" / "source_test", list(range(min(2, settings.data["n_source_test"]))),
-                              settings.input_size, ratio)
+    source_views = scene_views(models, folder_source(out / "data" / "source_test"),
+                               range(min(2, settings.data["n_source_test"])), settings.input_size, ratio)
     rows = [f"target {i}" for i in range(len(shown))] + [f"source {i}" for i in range(len(source_views))]
-    examples = rp.save_figure(out, "figures/examples.png", comparison_figure(shown + source_views, rows))
+    figure = scene_figure(shown + source_views, rows, [("teacher error (AbsRel)", "teacher_error"),
+                                                        ("dropped by the filter", "dropped")])
+    examples = rp.save_figure(out, "figures/examples.png", figure)
     logs = {name: rp.read_log(out / name / "log.csv") for name in MODELS}
     curves = str(rp.plot_curves(logs, [("total loss", ["loss"]), ("labeled source images", ["labeled_loss"]),
                                        ("student: pseudo-labeled images", ["unlabeled_loss"]),
