@@ -47,7 +47,7 @@ from .report import run as run_report
 from .report.run import pseudo_label_rows, scene_figure, scene_views
 from .stages import Stages, cpu_seconds, evaluate_sets, label_images, train_run
 from .store import LabelStore
-from .train import latest_checkpoint
+from .checkpoints import latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RECIPE = CONFIG_DIR / "adapt.yaml"

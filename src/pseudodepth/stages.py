@@ -28,7 +28,8 @@ import yaml
 from .config import TrainConfig
 from .evaluate import evaluate
 from .label import LabelReport, LabelSettings, label_folder
-from .train import latest_checkpoint, train
+from .checkpoints import latest_checkpoint
+from .train import train
 
 
 class Stages:
