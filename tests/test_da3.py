@@ -190,3 +190,34 @@ def test_predict_uses_da3_preprocessing_and_returns_disparity_at_the_input_size(
 def test_metric_depth_uses_the_focal_length_over_300():
     out = torch.tensor([[1.0, 2.0]])
     assert torch.allclose(da3.metric_depth(out, 600.0), torch.tensor([[2.0, 4.0]]))
+
+
+def test_label_resize_on_device_is_refused_for_da3_and_confidence_scales_uses_its_preprocessing(tmp_path):
+    """DA3's preprocessing runs in the workers only: an explicit ``--resize-on device`` is refused in one line
+    (not silently changed); ``--confidence scales`` prepares both sizes with DA3's own resize (504 -> 756)."""
+    from pseudodepth.confidence import second_input_size
+    from pseudodepth.label import LabelSettings, label_folder
+    from pseudodepth.store import LabelStore
+
+    folder = _hub_folder(tmp_path / "DA3MONO-LARGE", _official_da3_state(seed=3))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "a.png"), np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"--resize-on device: .* Depth Anything 3 teacher.*--resize-on worker"):
+        label_folder(str(folder), imgs, tmp_path / "dev", workers=0, progress=False, resize_on="device")
+    assert not (tmp_path / "dev").exists()
+    assert second_input_size(504) == 756
+    model = load_model(folder)
+    label_folder(str(folder), imgs, tmp_path / "s", workers=0, progress=False, model=model,
+                 settings=LabelSettings(input_size=42, confidence="scales"))
+    store = LabelStore(tmp_path / "s")
+    row = store.rows()[0]
+    rgb = cv2.cvtColor(cv2.imread(str(imgs / "a.png")), cv2.COLOR_BGR2RGB)
+    a = forward(model, torch.from_numpy(prepare_da3(rgb, 42))[None])
+    b = forward(model, torch.from_numpy(prepare_da3(rgb, 70))[None])
+    assert a.shape[-2:] == (28, 42) and b.shape[-2:] == (56, 70)  # DA3: longest side to 42 / 70, multiples of 14
+    from pseudodepth.confidence import agreement
+    from pseudodepth.preprocess import upsample
+
+    expected = upsample(agreement(a, upsample(b, (28, 42))), (30, 40))[0].numpy()
+    assert np.abs(store.read_confidence(row) - expected).max() < 1e-4

@@ -173,3 +173,30 @@ def test_cli_engine_ray(tmp_path, local_ray, monkeypatch, capsys):
     shutil.copy(tmp_path / "imgs" / "plain.jpg", tmp_path / "imgs" / "more.jpg")
     assert main(args + ["--actors", "5"]) == 2
     assert "cannot run on a Ray cluster of 2 CPUs" in capsys.readouterr().err
+
+
+def test_confidence_scales_and_changed_sources_match_the_local_engine(tmp_path, tiny_model, local_ray):
+    """``--confidence scales`` on Ray writes the local engine's maps; a changed source is relabelled there too."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name, shape in (("a.png", (30, 40, 3)), ("b.png", (40, 30, 3)), ("c.png", (30, 40, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(imgs / name)
+    settings = LabelSettings(input_size=42, confidence="scales")
+    report = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "ray", batch_size=3, settings=settings,
+                                        progress=False)
+    label_folder("da-v2-tiny", imgs, tmp_path / "local", workers=0, model=tiny_model, progress=False,
+                 settings=settings)
+    assert report.ok == 3
+    ray_store, local_store = LabelStore(tmp_path / "ray"), LabelStore(tmp_path / "local")
+    assert ray_store.meta()["teacher"] == local_store.meta()["teacher"]
+    for a, b in zip(ray_store.rows(), local_store.rows()):
+        assert a["confidence"] == b["confidence"] and (a["bytes"], a["mtime_ns"]) == (b["bytes"], b["mtime_ns"])
+        assert np.abs(ray_store.read_confidence(a) - local_store.read_confidence(b)).max() < 1e-4
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / "b.png")
+    again = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "ray", settings=settings, progress=False)
+    assert (again.ok, again.skipped, again.relabelled) == (1, 2, 1)
+    row = {r["source"]: r for r in ray_store.rows()}["b.png"]
+    assert (row["height"], row["width"]) == (30, 40)

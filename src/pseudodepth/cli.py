@@ -118,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode/resize worker processes")
     p.add_argument("--square", action="store_true", help="resize to a fixed input-size square (one batch shape)")
     p.add_argument("--overwrite", action="store_true", help="relabel a store made by another teacher")
-    p.add_argument("--confidence", choices=["flip"], default=None,
-                   help="also store a per-pixel confidence map per label: agreement of the prediction and the "
-                   "prediction of the flipped image after least-squares alignment")
+    p.add_argument("--confidence", choices=["flip", "scales"], default=None,
+                   help="also store a per-pixel confidence map per label: agreement, after least-squares alignment, "
+                   "of the prediction with that of the flipped image (flip) or at 1.5x the input size (scales)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"images with more pixels become failed rows without being decoded (default {DEFAULT_MAX_PIXELS:,}, "
                    "Pillow's decompression-bomb limit)")
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels differ slightly from the official preprocessing (see README)")
     p.add_argument("--resize-on", choices=["worker", "device"], default=None,
                    help="resize in the decode workers (official float64, default on CPU) or on the model's "
-                        "device (default on a GPU)")
+                        "device (default on a GPU; V1/V2 teachers only, DA3 resizes in the workers)")
     p.add_argument("--writer-threads", type=int, default=None,
                    help="threads that upsample, encode and write labels (default: half the CPUs, at most 8)")
     p.add_argument("--align-to", default=None, metavar="SPARSE",

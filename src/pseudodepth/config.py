@@ -110,8 +110,8 @@ class LossConfig:
     drop_top_ratio: float = 0.1
     edge_aware: bool = False
     output_anchor: float = 1.0
-    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip`) is below X are
-    # dropped before the top-n% filter (label-store sources only)
+    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip|scales`) is below X are
+    # dropped before the top-n% filter (label stores, and shard exports of them)
     confidence: dict | None = None
     silog_lambda: float = 0.5  # mode metric: SiLog variance focus (official 0.5)
     min_depth: float = 0.001  # mode metric: pixels nearer than this are not trained on (official 1e-3)
@@ -405,8 +405,8 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
         _require(isinstance(loss.confidence, dict) and set(loss.confidence) == {"min"}
                  and isinstance(minimum, (int, float)) and 0 <= minimum <= 1, file, "loss.confidence",
                  f"must be {{min: X}} with 0 <= X <= 1, got {loss.confidence!r}")
-        _require(all(isinstance(s, dict) and s.get("type") == "label_store" for s in config.data.unlabeled), file,
-                 "loss.confidence", "needs label-store sources in data.unlabeled (shard exports carry no confidence)")
+        _require(all(isinstance(s, dict) and s.get("type") in ("label_store", "shards") for s in config.data.unlabeled),
+                 file, "loss.confidence", "needs label-store or shard sources in data.unlabeled (their confidence maps)")
     _require(-1 <= fa.margin <= 1, file, "feature_alignment.margin", f"is a cosine in [-1, 1], got {fa.margin}")
     _require(t.crop_size % PATCH_SIZE == 0, file, "train.crop_size",
              f"must be a multiple of {PATCH_SIZE} (the ViT patch size), got {t.crop_size}")

@@ -2,7 +2,8 @@
 
 Pipeline (one Ray Data dataset, streamed)::
 
-    from_items(todo)        the sources still to do (resume: done rows are skipped by ``label.plan``)
+    from_items(todo)        the sources still to do (resume: done rows of unchanged sources are skipped by
+                            ``label.plan``)
     map(_LoadSource)        CPU tasks: read -> sha256 -> decode -> official resize + normalise (``label.load_item``)
     map_batches(_Teacher)   actor pool, one model per actor (one GPU each where the cluster has GPUs):
                             bucket the batch by network size (no padding) -> ``infer.forward`` ->
@@ -56,17 +57,20 @@ CRASH_MARKER_ENV = "PSEUDODEPTH_RAY_CRASH_MARKER"
 
 
 class _LoadSource:
-    """Ray Data ``map`` function: one source path -> a loaded item with its pixels as raw float32 bytes."""
+    """Ray Data ``map`` function: one source path -> a loaded item with its pixels (and with ``--confidence
+    scales`` its second-size pixels) as raw float32 bytes."""
 
     def __init__(self, root: Path, settings: LabelSettings):
         self.root, self.settings = root, settings
 
     def __call__(self, row: dict) -> dict:
         item = load_item(self.root, row["source"], self.settings)
-        pixels = item.pop("pixels")
+        item.pop("size"), item.pop("size2")
         # bytes + shape travel through Arrow blocks for every image size and for failed items alike
-        item["pixels"] = b"" if pixels is None else pixels.tobytes()
-        item["shape"] = [0, 0, 0] if pixels is None else list(pixels.shape)
+        for key, shape in (("pixels", "shape"), ("pixels2", "shape2")):
+            pixels = item.pop(key)
+            item[key] = b"" if pixels is None else pixels.tobytes()
+            item[shape] = [0, 0, 0] if pixels is None else list(pixels.shape)
         return item
 
 
@@ -89,21 +93,27 @@ class _Teacher:
         items = [{k: batch[k][i] for k in batch} for i in range(len(batch["source"]))]
         disparities: list[torch.Tensor | None] = [None] * len(items)
         confidences: list[torch.Tensor | None] = [None] * len(items)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
         for i, it in enumerate(items):
             if len(it["pixels"]):
-                groups.setdefault(tuple(int(s) for s in it["shape"]), []).append(i)
-        for shape, index in groups.items():  # equal network sizes only: no padding artefacts
+                key = (tuple(int(s) for s in it["shape"]), tuple(int(s) for s in it["shape2"]))
+                groups.setdefault(key, []).append(i)
+        for (shape, shape2), index in groups.items():  # equal network sizes only: no padding artefacts
             x = torch.from_numpy(np.stack([np.frombuffer(items[i]["pixels"], np.float32).reshape(shape)
                                            for i in index]))
-            out, conf = predict_batch(self.model, x, self.settings)
+            x2 = None
+            if self.settings.confidence == "scales":
+                x2 = torch.from_numpy(np.stack([np.frombuffer(items[i]["pixels2"], np.float32).reshape(shape2)
+                                                for i in index]))
+            out, conf = predict_batch(self.model, x, self.settings, x2)
             for j, i in enumerate(index):
                 disparities[i] = out[j]
                 confidences[i] = conf[j] if conf is not None else None
         rows = []
         for it, d, c in zip(items, disparities, confidences):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
-                    "height": int(it["height"]), "width": int(it["width"])}
+                    "height": int(it["height"]), "width": int(it["width"]), "bytes": int(it["bytes"]),
+                    "mtime_ns": int(it["mtime_ns"])}
             rows.append(_to_columns(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher,
                                                 self.align, self.settings, self.space, c)))
         _maybe_crash()
@@ -111,17 +121,18 @@ class _Teacher:
 
 
 def _to_columns(row: dict) -> dict:
-    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1."""
+    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1,
+    unknown file size / time -> -1."""
     return {**row, "scale": math.nan if row["scale"] is None else row["scale"],
             "shift": math.nan if row["shift"] is None else row["shift"],
-            "inliers": -1 if row["inliers"] is None else row["inliers"]}
+            **{k: -1 if row[k] is None else row[k] for k in ("inliers", "bytes", "mtime_ns")}}
 
 
 def _from_columns(row: dict) -> dict:
     """Inverse of :func:`_to_columns`."""
     return {**row, "scale": None if math.isnan(row["scale"]) else row["scale"],
             "shift": None if math.isnan(row["shift"]) else row["shift"],
-            "inliers": None if row["inliers"] < 0 else row["inliers"]}
+            **{k: None if row[k] < 0 else row[k] for k in ("inliers", "bytes", "mtime_ns")}}
 
 
 def _maybe_crash() -> None:

@@ -62,8 +62,11 @@ MANIFEST_SCHEMA = pa.schema([
     ("scale", pa.float64()),  # metric alignment (label --align-to): y ~ scale * prediction + shift, else null
     ("shift", pa.float64()),
     ("inliers", pa.int32()),  # sparse points the alignment kept (null without alignment)
+    ("bytes", pa.int64()),  # source file size and modification time when it was read (null: unreadable, or
+    ("mtime_ns", pa.int64()),  # a store written before these columns); `label` relabels a changed source
 ])
-ROW_DEFAULTS = {"invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None}  # columns added later: rows of older stores get these
+ROW_DEFAULTS = {"invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None, "bytes": None,
+                "mtime_ns": None}  # columns added later: rows of older stores get these
 OPTIONAL_COLUMNS = ("scale", "shift", "inliers")  # absent in stores written before metric labels
 LABEL_SPACES = ("disparity", "metric_depth")
 PNG_MAX = 65535
@@ -348,7 +351,7 @@ class LabelStore:
 
         if not row.get("confidence"):
             raise StoreError(f"{self.root}: row {row['source']!r} has no confidence map; label the store with "
-                             "`pseudodepth label --confidence flip` (with --overwrite) first")
+                             "`pseudodepth label --confidence flip|scales` (with --overwrite) first")
         return decode(read_png16(safe_join(self.root, row["confidence"])))
 
     def label_path(self, row: dict) -> Path:

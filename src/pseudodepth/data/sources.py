@@ -445,7 +445,7 @@ def label_store(root: str | os.PathLike, min_confidence: float | None = None) ->
     rows = store.rows(status="ok")
     if min_confidence is not None and (bare := [r["source"] for r in rows if not r.get("confidence")]):
         raise SourceConfigError(f"{root}: {len(bare)} row(s) have no confidence map (e.g. {bare[0]!r}) but "
-                                "loss.confidence.min is set; relabel with `pseudodepth label --confidence flip "
+                                "loss.confidence.min is set; relabel with `pseudodepth label --confidence flip|scales "
                                 "--overwrite`, or drop loss.confidence")
     samples = [Sample(store.source_path(row), store.label_path(row), row=row) for row in rows]
     if not samples:
