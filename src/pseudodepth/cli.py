@@ -43,11 +43,29 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     written, errors = predict_files(a.model, a.images, a.out, raw=a.raw, input_size=a.input_size,
                                     precision=a.precision, tta=a.tta, device=a.device, version=a.version,
-                                    max_depth=a.model_max_depth)
+                                    max_depth=a.model_max_depth, focal=_focal(a))
     for e in errors:
         print(f"skipped {e}", file=sys.stderr)
     print(f"wrote {len(written)} files to {a.out}" + (f"; {len(errors)} images skipped" if errors else ""))
     return 1 if errors and not written else 0
+
+
+def _focal(a: argparse.Namespace):
+    """--focal-px / --intrinsics -> :class:`pseudodepth.da3.FocalSettings` (None when neither is given)."""
+    from .da3 import FocalSettings
+
+    if a.focal_px is None and a.intrinsics is None:
+        return None
+    return FocalSettings(a.focal_px, a.intrinsics)
+
+
+def _focal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--focal-px", type=float, default=None, metavar="PIXELS",
+                   help="DA3METRIC: focal length in pixels of the images as given (fx = fy); metres = focal * "
+                   "output / 300 at the network size (required for DA3METRIC unless --intrinsics or --align-to)")
+    p.add_argument("--intrinsics", default=None, metavar="CSV",
+                   help="DA3METRIC: per-image focal lengths, lines image,fx[,fy] (image: the path relative to "
+                   "--images for label, the file name for predict)")
 
 
 def cmd_label(a: argparse.Namespace) -> int:
@@ -60,7 +78,8 @@ def cmd_label(a: argparse.Namespace) -> int:
                               max_depth=a.align_max_depth)
     settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square,
                              max_depth=a.model_max_depth, align=align,
-                             reduced_decode=a.reduced_decode, max_pixels=a.max_pixels, confidence=a.confidence)
+                             reduced_decode=a.reduced_decode, max_pixels=a.max_pixels, confidence=a.confidence,
+                             focal=_focal(a))
     if a.engine == "ray":
         from .label_ray import label_folder_ray
 
@@ -107,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     _model_args(p)
     p.add_argument("--out", default="depth_out", help="output folder")
-    p.add_argument("--raw", action="store_true", help="also write float32 disparity .npy at the input's size")
+    p.add_argument("--raw", action="store_true", help="also write float32 disparity .npy at the input's size "
+                   "(metres for a metric model)")
+    _focal_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("label", help="pseudo-label an image folder into a resumable label store")
@@ -147,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--align-to: images with fewer valid sparse points become failed rows")
     p.add_argument("--align-max-depth", type=float, default=None, metavar="METRES",
                    help="--align-to: aligned depth beyond this is stored as invalid (0)")
+    _focal_args(p)
     p.set_defaults(func=cmd_label)
 
     from .adapt import add_adapt_parser

@@ -35,9 +35,10 @@ from .align import AlignError, AlignSettings, align_to_sparse
 from .confidence import FORMULAS as CONFIDENCE_FORMULAS
 from .confidence import METHODS as CONFIDENCE_METHODS
 from .confidence import agreement, second_input_size
+from .da3 import METRIC_FOCAL_SCALE, FocalError, FocalSettings, check_focal, metres_from_disparity, network_focal
 from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_images, safe_join
 from .licences import licence_of, non_commercial_notice
-from .models import fingerprint, load_model, model_info, prediction_space
+from .models import fingerprint, load_model, max_depth_of, model_info, prediction_space
 from .preprocess import DEFAULT_INPUT_SIZE, network_size, prepare, prepare_tensor, upsample
 from .store import LabelStore, label_paths
 
@@ -48,8 +49,9 @@ class LabelSettings:
 
     ``max_depth`` loads the teacher as a metric model with that range (``--max-depth``); ``align``
     makes metric labels from a relative teacher and sparse metric depth (``--align-to``,
-    :mod:`pseudodepth.align`). Both are left out of the fingerprint when unset, so stores written
-    before they existed keep their fingerprint. ``max_pixels``: images above it become failed rows
+    :mod:`pseudodepth.align`); ``focal`` gives a DA3METRIC teacher its metres (``--focal-px`` /
+    ``--intrinsics``, :class:`pseudodepth.da3.FocalSettings`). They are left out of the fingerprint when
+    unset, so stores written before they existed keep their fingerprint. ``max_pixels``: images above it become failed rows
     without being decoded (it changes no label value).
     """
 
@@ -63,6 +65,7 @@ class LabelSettings:
     max_depth: float | None = None
     align: AlignSettings | None = None
     reduced_decode: bool = False  # JPEGs decoded at 1/2, 1/4 or 1/8 scale while >= the network size
+    focal: FocalSettings | None = None  # DA3METRIC: metres = focal_net * output / 300
 
     def as_dict(self) -> dict:
         out = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
@@ -73,13 +76,38 @@ class LabelSettings:
             out["max_depth"] = self.max_depth
         if self.align is not None:
             out["align"] = self.align.as_dict()
+        if self.focal is not None:
+            out["focal"] = self.focal.as_dict()
         if self.reduced_decode:  # only when on, so that stores labelled before it existed keep their fingerprint
             out["reduced_decode"] = True
         return out
 
     def label_space(self, model) -> str:
-        """What the store will hold: ``"metric_depth"`` for a metric teacher or with ``align``, else ``"disparity"``."""
-        return "metric_depth" if self.align is not None or prediction_space(model) == "depth" else "disparity"
+        """What the store will hold: ``"metric_depth"`` for a metric teacher, with ``align`` or ``focal``, else
+        ``"disparity"``."""
+        metric = self.align is not None or self.focal is not None or prediction_space(model) == "depth"
+        return "metric_depth" if metric else "disparity"
+
+    def check_teacher(self, model, spec) -> None:
+        """Refuse, before any work, a DA3METRIC teacher with no metric scale (no focal length, no ``align``)
+        and a focal length for any other teacher (:func:`pseudodepth.da3.check_focal`)."""
+        check_focal(model_info(model).version, spec, self.focal, self.align is not None)
+
+    def metric_scale(self, model) -> dict | None:
+        """Where a metric store's metres come from (``store.json`` ``metric_scale``); None for relative stores."""
+        if self.align is not None:
+            return {"source": "sparse_alignment", "align_to": self.align.as_dict()["sparse_root"],
+                    "formula": "per image a RANSAC least-squares fit y ~ scale * prediction + shift to the sparse "
+                               "depth (y = 1/z for a disparity teacher, z for a depth teacher); manifest columns "
+                               "scale, shift, inliers"}
+        if self.focal is not None:
+            return {"source": "focal_length", **self.focal.as_dict(),
+                    "formula": "metres = focal_net_px * output / 300 (DA3METRIC), focal_net_px = (fx * net_w / w + "
+                               "fy * net_h / h) / 2; manifest column scale = focal_net_px / 300, shift = 0"}
+        if prediction_space(model) == "depth":
+            return {"source": "model", "max_depth": max_depth_of(model),
+                    "formula": "the metric model's own metres (sigmoid * max_depth)"}
+        return None
 
 
     def for_model(self, model) -> LabelSettings:
@@ -212,7 +240,9 @@ def finish_item(store: LabelStore, item: dict, label: str, prediction: torch.Ten
 
     ``space`` is what the teacher predicts (``"disparity"`` or metric ``"depth"``). With
     ``settings.align`` the prediction is aligned to the image's sparse metric depth and the label
-    holds metres; an image whose alignment fails becomes a failed row with the reason.
+    holds metres; an image whose alignment fails becomes a failed row with the reason. With
+    ``settings.focal`` (DA3METRIC) the prediction becomes metres from the image's focal length
+    (``scale = focal_net / 300`` in the row); an image without one becomes a failed row.
     """
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
@@ -222,6 +252,16 @@ def finish_item(store: LabelStore, item: dict, label: str, prediction: torch.Ten
     if prediction is None:
         return row
     size = (item["height"], item["width"])
+    focal = settings.focal if settings is not None else None
+    if focal is not None:  # DA3METRIC: metres at the network size (DA3 predictions always arrive at it)
+        try:
+            fx, fy = focal.for_image(item["source"])
+        except FocalError as err:
+            row["error"] = f"metric scale: {err}"
+            return row
+        focal_net = network_focal(fx, fy, size, tuple(prediction.shape[-2:]))
+        prediction, space = metres_from_disparity(prediction, focal_net), "depth"
+        row.update(scale=focal_net / METRIC_FOCAL_SCALE, shift=0.0)
     full = upsample(prediction[None].float(), size, align_corners)[0].numpy()
     align = settings.align if settings is not None else None
     if align is not None:
@@ -245,6 +285,8 @@ def store_meta(model_spec: str, model, settings: LabelSettings, images: Path) ->
     meta = {"model": str(model_spec), "version": model_info(model).version, "licence": licence_of(model_spec),
             "settings": settings.as_dict(), "source_root": str(images),
             "labels": settings.label_space(model), "prediction": prediction_space(model)}
+    if (scale := settings.metric_scale(model)) is not None:
+        meta["metric_scale"] = scale
     if settings.confidence:
         meta["confidence"] = {"method": settings.confidence, "formula": CONFIDENCE_FORMULAS[settings.confidence]}
     return meta
@@ -428,6 +470,8 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
         raise ValueError(f"resize_on must be 'worker' or 'device', got {resize_on!r}")
     if settings.align is not None:
         settings.align.check()
+    if settings.focal is not None:
+        settings.focal.check()
     images = Path(images).resolve()
     if settings.confidence not in (None, *CONFIDENCE_METHODS):
         raise ValueError(f"--confidence must be one of {CONFIDENCE_METHODS}, got {settings.confidence!r}")
@@ -435,6 +479,7 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
         raise ValueError(f"--max-pixels must be >= 1, got {settings.max_pixels}")
     model = model if model is not None else load_model(model_spec, version=version, device=device,
                                                          max_depth=settings.max_depth)
+    settings.check_teacher(model, model_spec)
     settings = settings.for_model(model)
     if resize_on == "device" and settings.resize != "lower_bound":
         raise ValueError(f"--resize-on device: {model_spec} is a Depth Anything 3 teacher, whose preprocessing "

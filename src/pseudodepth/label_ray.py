@@ -263,8 +263,11 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
             check_cluster(address)  # before any work: an unreachable or unauthorised cluster fails at once
     if settings.align is not None:
         settings.align.check()
+    if settings.focal is not None:
+        settings.focal.check()
     # the driver's copy only fixes the teacher fingerprint
     model = load_model(model_spec, version=version, max_depth=settings.max_depth)
+    settings.check_teacher(model, model_spec)
     settings = settings.for_model(model)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
