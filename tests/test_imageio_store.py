@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import cv2
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_awkward_folder
-from pseudodepth.imageio import ImageError, list_files, read_rgb, safe_join
+from pseudodepth.imageio import ImageError, is_image_name, list_files, list_images, read_rgb, safe_join
 from pseudodepth.store import LabelStore, decode_label, encode_label, label_paths
 
 
@@ -51,6 +52,17 @@ def test_list_files_walks_subfolders_and_skips_hidden(tmp_path):
     assert list_files(tmp_path) == ["a/b/z.jpg", "a/y.png", "x.jpg"]
     with pytest.raises(FileNotFoundError, match="not a folder"):
         list_files(tmp_path / "missing")
+
+
+def test_list_images_splits_by_extension_not_content(tmp_path):
+    for rel in ("a.JPG", "b.png", "c.tiff", "README.md", "notes.txt", "sub/d.webp", "sub/e.jpg.bak", "jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"not decoded here")
+    assert list_images(tmp_path) == (["a.JPG", "b.png", "c.tiff", "sub/d.webp"],
+                                     ["README.md", "jpg", "notes.txt", "sub/e.jpg.bak"])
+    assert list_images(tmp_path, exclude=(tmp_path / "sub",)) == (["a.JPG", "b.png", "c.tiff"],
+                                                                  ["README.md", "jpg", "notes.txt"])
+    assert is_image_name("x.Jpeg") and is_image_name(Path("d/y.gif")) and not is_image_name("x.jpeg.txt")
 
 
 def test_safe_join_refuses_escapes(tmp_path):

@@ -27,7 +27,10 @@ def test_awkward_folder_contract(tmp_path, tiny_model):
     assert report.ok == sum(v == "ok" for v in expect.values())
     assert report.failed == sum(v == "failed" for v in expect.values())
     table = pq.read_table(tmp_path / "store" / "manifest.parquet").to_pylist()
-    assert {r["source"]: r["status"] for r in table} == expect
+    assert {r["source"]: r["status"] for r in table} == expect  # no row for notes.txt, sub/README.md
+    assert report.ignored == ["notes.txt", "sub/README.md"]
+    assert ", 2 non-image files ignored (notes.txt, sub/README.md); " in report.summary()
+    assert not (tmp_path / "store" / "labels" / "notes.png").exists()
     store = LabelStore(tmp_path / "store")
     for row in table:
         if row["status"] == "failed":

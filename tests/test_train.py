@@ -12,7 +12,8 @@ import torch
 
 from pseudodepth.config import load_config
 from pseudodepth.models import load_model
-from pseudodepth.train import StepBatches, WeightedSources, lr_factor, train
+from pseudodepth.data.sampling import StepBatches, WeightedSources
+from pseudodepth.train import lr_factor, train
 
 from train_helpers import labeled_folder, write_config
 

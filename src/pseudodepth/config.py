@@ -45,6 +45,7 @@ weight would need sampling inside tar files. To train on several stores, export 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -225,6 +226,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: nested mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- paths

@@ -36,7 +36,7 @@ from .confidence import FORMULAS as CONFIDENCE_FORMULAS
 from .confidence import METHODS as CONFIDENCE_METHODS
 from .confidence import agreement, second_input_size
 from .da3 import METRIC_FOCAL_SCALE, FocalError, FocalSettings, check_focal, metres_from_disparity, network_focal
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_files, safe_join
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_images, safe_join
 from .licences import licence_of, non_commercial_notice
 from .models import fingerprint, load_model, max_depth_of, model_info, prediction_space
 from .preprocess import DEFAULT_INPUT_SIZE, network_size, prepare, prepare_tensor, upsample
@@ -124,6 +124,7 @@ class LabelReport:
     relabelled: int = 0  # rows redone because their source file changed since they were written
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files without an image extension: not inputs
 
     @property
     def images_per_second(self) -> float:
@@ -139,8 +140,12 @@ class LabelReport:
                 self.failures.append(f"{r['source']}: {r['error']}")
 
     def summary(self) -> str:
+        ignored = ""
+        if self.ignored:
+            names = ", ".join(self.ignored[:3]) + (", ..." if len(self.ignored) > 3 else "")
+            ignored = f", {len(self.ignored)} non-image file{'s' * (len(self.ignored) > 1)} ignored ({names})"
         changed = f", {self.relabelled} relabelled (source changed since labelled)" if self.relabelled else ""
-        return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done{changed}; "
+        return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done{changed}{ignored}; "
                 f"{self.images_per_second:.2f} images/s over {self.seconds:.1f} s")
 
 
@@ -313,14 +318,15 @@ def check_source(images: Path, row: dict) -> tuple[bool, dict | None]:
 
 
 def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
-         overwrite: bool) -> tuple[list[str], dict, int, int]:
-    """Open the store for this teacher and list the sources still to do:
-    (todo, label path map, done count, relabelled count).
+         overwrite: bool) -> tuple[list[str], dict, LabelReport]:
+    """Open the store for this teacher and list the sources still to do: (todo, label path map, the report
+    to fill, which counts the done and relabelled rows and names the non-image files left out).
 
-    Sources without a row are to do, and so are those whose file changed since their row was written
-    (:func:`check_source`; their new row replaces the old one). The walk never enters the store
-    itself nor any other folder pseudodepth wrote."""
-    sources = list_files(images, exclude=(store.root,))
+    Sources are the files with an image extension (a corrupt one becomes a failed row; a ``README.md``
+    is no input). Sources without a row are to do, and so are those whose file changed since their row
+    was written (:func:`check_source`; their new row replaces the old one). The walk never enters the
+    store itself nor any other folder pseudodepth wrote."""
+    sources, others = list_images(images, exclude=(store.root,))
     store.open_for(teacher, meta, overwrite=overwrite)
     rows = {r["source"]: r for r in store.rows()}
     changed, refreshed = set(), []
@@ -334,7 +340,7 @@ def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
     store.append(refreshed)  # same bytes, new size/time recorded: not hashed again next time
     todo = [s for s in sources if s not in rows or s in changed]
     labels = label_paths(sorted(set(sources) | set(rows)))
-    return todo, labels, len(sources) - len(todo), len(changed)
+    return todo, labels, LabelReport(skipped=len(sources) - len(todo), relabelled=len(changed), ignored=others)
 
 
 class _Sources(Dataset):
@@ -485,10 +491,10 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)
     with store.writing():
-        todo, labels, done, changed = plan(store, images, teacher, meta, overwrite)
+        todo, labels, report = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run(model, store, images, todo, labels, teacher, settings, batch_size, workers, progress,
-                    LabelReport(skipped=done, relabelled=changed), compile, resize_on, writer_threads)
+                    report, compile, resize_on, writer_threads)
 
 
 def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,

@@ -294,10 +294,10 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
     meta = store_meta(model_spec, model, settings, images)
     del model
     with store.writing():
-        todo, labels, done, changed = plan(store, images, teacher, meta, overwrite)
+        todo, labels, report = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run_ray(model_spec, store, images, out, todo, labels, teacher, settings, batch_size, address,
-                        num_actors, progress, version, LabelReport(skipped=done, relabelled=changed))
+                        num_actors, progress, version, report)
 
 
 def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[str], labels: dict, teacher: str,
