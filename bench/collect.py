@@ -34,6 +34,10 @@ SECTIONS = [  # (results file, heading, what it measures)
      "`pseudodepth.models.load_model(DA3MONO-LARGE folder)` and our DA3 preprocessing vs the official DA3 "
      "`DinoV2` + `DPT` and `InputProcessor`, fp32. A sky error of `nan` means both sky maps are all zero "
      "there (random weights), so their relative error is 0 / 0; the mask agreement column covers them."),
+    ("da3_agreement_large.md",
+     "Agreement with the official Depth Anything 3 code at DA3MONO-LARGE size (`bench/compare_da3.py --size large`)",
+     "The same comparison with the released mono models' architecture (ViT-L/14, out layers [4, 11, 17, 23], "
+     "DPT features 256, out channels [256, 512, 1024, 1024]), random weights, fp32."),
     ("official_metric_agreement.md",
      "Agreement with the official metric model (`bench/compare_official.py --metric hypersim`)",
      "`pseudodepth predict --raw` (metres) vs the official `metric_depth` `infer_image`, fp32, on a checkpoint "

@@ -17,13 +17,21 @@ Per seed, on generated scenes with exact depth (``pseudodepth.synth``):
 
 Usage:  .venv/bin/python bench/metric_demo.py [--quick] [--seeds 0 1 2] [--work DIR]
 Writes bench/results/metric_demo.md (``--quick``: bench/results/metric_demo_quick.md).
+
+The default ("small") setting: 100 / 100 / 30 scenes, 300 + 250 training steps of ``da-v2-tiny`` at
+56 px, about 1.6 CPU minutes for three seeds on one thread (23 min wall, niced, beside other jobs'
+training at load 6-13). A larger setting (200 / 300 / 50 scenes, 600 + 1000 steps, ~5 CPU minutes)
+ran at ~3 s per step under that load and could not finish in the session. ``--quick`` is a smoke test
+that shows the script runs, not what the method gives.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +52,7 @@ from pseudodepth.train import train
 ROOT = Path(__file__).resolve().parents[1]
 MAX_DEPTH = 80.0  # the outdoor (Virtual KITTI) range of the official metric models; scenes reach 60 m
 SETTINGS = {  # name: (source train, target pool, target test, size, crop, teacher steps, student steps, batch)
-    "full": (100, 100, 20, (64, 80), 56, 300, 200, 4),
+    "small": (100, 100, 30, (64, 80), 56, 300, 250, 4),  # ~0.5 CPU minute per seed; ~8 min wall at load 12
     "quick": (16, 16, 6, (64, 80), 56, 80, 30, 4),
 }
 
@@ -135,29 +143,60 @@ def run_seed(seed: int, setting: str, work: Path) -> dict:
             "results": {k: metrics.aggregate(v) for k, v in rows.items()}}
 
 
-def table(runs: list[dict], setting: str, command: str, load: str, minutes: float) -> str:
+def mean_std(values: list[float], fmt: str) -> str:
+    """``mean ± std (seed / seed / ...)``; std over seeds with ddof 1 (``-`` for a single seed)."""
+    spread = f" ± {np.std(values, ddof=1):{fmt}}" if len(values) > 1 else ""
+    return f"{np.mean(values):{fmt}}{spread} ({' / '.join(format(v, fmt) for v in values)})"
+
+
+def verdict(runs: list[dict], metric: str, lower_is_better: bool) -> str:
+    """Student vs the sparse-aligned teacher on one metric, decided by the numbers: "within the seed
+    spread" when the means differ by no more than the larger of the two standard deviations over seeds."""
+    a = [r["results"]["student"][metric] for r in runs]
+    b = [r["results"]["teacher_sparse"][metric] for r in runs]
+    diff = np.mean(a) - np.mean(b)
+    spread = max(np.std(a, ddof=1), np.std(b, ddof=1)) if len(runs) > 1 else 0.0
+    wins = sum((x < y) if lower_is_better else (x > y) for x, y in zip(a, b))
+    if abs(diff) <= spread:
+        word = "within the seed spread of"
+    else:
+        word = "better than" if (diff < 0) == lower_is_better else "worse than"
+    return (f"{metric}: student {word} the sparse-aligned teacher (difference of means {diff:+.4f}, larger seed "
+            f"std {spread:.4f}; student better in {wins} of {len(runs)} seeds)")
+
+
+def table(runs: list[dict], setting: str, command: str, load: str, minutes: float, cpu_minutes: float,
+          load_end: float) -> str:
     n_source, n_pool, n_test, size, crop, t_steps, s_steps, batch = SETTINGS[setting]
     names = {"student": "metric student (no alignment)",
              "teacher_sparse": "relative teacher aligned to the test image's sparse points",
              "teacher_oracle": "relative teacher aligned to dense ground truth (oracle)"}
     seeds = ", ".join(str(r["seed"]) for r in runs)
-    lines = [f"Command: `{command}`", f"Machine: {load}; {minutes:.1f} min in all.", "",
+    lines = [f"Command: `{command}`",
+             f"Machine: {load}, {load_end:.2f} at the end (this script at niceness {os.nice(0)}, one torch "
+             f"thread); {minutes:.1f} min wall, {cpu_minutes:.1f} min CPU in all.", "",
              f"Outdoor scenes {size[0]} x {size[1]}: teacher `da-v2-tiny` {t_steps} steps x {batch} on {n_source} "
              f"labeled indoor scenes; {n_pool} unlabeled outdoor scenes with sparse LiDAR (1-5% of pixels, 2% noise, "
              f"10% outliers x 0.3..3) -> `label --align-to`; metric student ({s_steps} steps x {batch}, max depth "
              f"{MAX_DEPTH:g} m) on those labels only; {n_test} held-out outdoor test scenes, depth "
-             f"1e-3..{MAX_DEPTH:g} m. Seeds {seeds}; mean (each seed in brackets).", "",
+             f"1e-3..{MAX_DEPTH:g} m. Seeds {seeds}; mean ± std over seeds (each seed in brackets). Metric "
+             "protocol for the student and the sparse-aligned teacher: their metres as they are, no alignment "
+             "to the ground truth; the oracle row is aligned to the dense ground truth (least squares in "
+             "disparity).", "",
              "| model | AbsRel ↓ | δ1 ↑ |", "|---|---:|---:|"]
     for key, title in names.items():
-        cells = []
-        for metric, fmt in (("abs_rel", ".4f"), ("delta1", ".3f")):
-            values = [r["results"][key][metric] for r in runs]
-            cells.append(f"{np.mean(values):{fmt}} ({' / '.join(format(v, fmt) for v in values)})")
+        cells = [mean_std([r["results"][key][metric] for r in runs], fmt)
+                 for metric, fmt in (("abs_rel", ".4f"), ("delta1", ".3f"))]
         lines.append(f"| {title} | {' | '.join(cells)} |")
     lines += ["", "Pseudo-labels aligned ok / failed per seed: "
               + ", ".join(f"{r['labels_ok']} / {r['labels_failed']}" for r in runs)
               + "; test images whose sparse alignment failed (left out of every row): "
-              + ", ".join(str(r["test_failed"]) for r in runs) + "."]
+              + ", ".join(str(r["test_failed"]) for r in runs) + ".", "",
+              "Verdict (computed): " + "; ".join((verdict(runs, "abs_rel", True), verdict(runs, "delta1", False)))
+              + ". The teacher row uses the test image's own LiDAR points; the student sees only the image.", "",
+              "Seconds per stage (data / teacher / label / student / eval), per seed: "
+              + ", ".join(" / ".join(f"{r['times'][k]:.0f}" for k in ("data", "teacher", "label", "student", "eval"))
+                          for r in runs) + "."]
     return "\n".join(lines)
 
 
@@ -168,14 +207,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one, removed)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
-    setting = "quick" if a.quick else "full"
+    setting = "quick" if a.quick else "small"
     out = a.out or ROOT / "bench" / "results" / ("metric_demo_quick.md" if a.quick else "metric_demo.md")
     torch.set_num_threads(1)
     load = machine()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     runs = []
     for seed in a.seeds:
-        work = (a.work or Path(__import__("tempfile").mkdtemp(prefix="metric-demo-"))) / f"seed{seed}"
+        work = (a.work or Path(tempfile.mkdtemp(prefix="metric-demo-"))) / f"seed{seed}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         runs.append(run_seed(seed, setting, work))
@@ -184,7 +223,8 @@ def main() -> None:
             shutil.rmtree(work.parent, ignore_errors=True)
     command = ".venv/bin/python bench/metric_demo.py" + (" --quick" if a.quick else "") + (
         f" --seeds {' '.join(map(str, a.seeds))}" if a.seeds != [0, 1, 2] else "")
-    write_table(table(runs, setting, command, load, (time.perf_counter() - start) / 60), out)
+    write_table(table(runs, setting, command, load, (time.perf_counter() - start) / 60,
+                      (time.process_time() - cpu_start) / 60, os.getloadavg()[0]), out)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@
 The student run is the full recipe: labeled + pseudo-labeled sources (1 : 2 per batch), top-10% loss
 filter, strong perturbations, CutMix, feature alignment against a frozen encoder, the CSV log. The
 ceiling is the same model (`build_model` of the same config), batch size, crop and precision on random
-tensors: forward, mean of the output, backward, AdamW step; nothing else. Both after warm-up steps.
+tensors: forward, mean of the output, backward, AdamW step; nothing else. A second ceiling adds what
+feature alignment costs by definition: the frozen encoder's no-grad forward on the pseudo-labeled part
+of the batch. Both after warm-up steps; the two ceilings run in one process, alternating step by step.
+`--compile` adds `pseudodepth train --compile` (torch.compile; its compilation is in the warm-up steps).
 
 Usage:  .venv/bin/python bench/train_throughput.py [--model da-v2-small] [--crop 196] [--batch-size 6]
-        [--steps 12] [--precision fp32] [--device cpu]        (on a GPU: --device cuda --crop 518 --batch-size 24)
+        [--steps 12] [--precision fp32] [--device cpu] [--compile]
+        (on a GPU: --device cuda --crop 518 --batch-size 24)
 Writes bench/results/train_throughput.md (BENCHMARKS.md is assembled by bench/collect.py).
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -56,11 +61,12 @@ def make_config(work: Path, a: argparse.Namespace) -> Path:
     return path
 
 
-def student_rate(config: Path, warmup: int) -> tuple[float, float]:
+def student_rate(config: Path, warmup: int, compile: bool = False) -> tuple[float, float]:
     """(images/s after warm-up from the run's log.csv, whole-process seconds) of `pseudodepth train`."""
+    shutil.rmtree(config.parent / "run", ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pseudodepth.cli", "train", str(config)], check=True,
-                   capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    subprocess.run([sys.executable, "-m", "pseudodepth.cli", "train", str(config)] + (["--compile"] if compile else []),
+                   check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - t0
     with open(config.parent / "run" / "log.csv") as f:
         rows = list(csv.DictReader(f))
@@ -68,33 +74,42 @@ def student_rate(config: Path, warmup: int) -> tuple[float, float]:
     return len(rates) / sum(1 / r for r in rates), wall  # images/s over the measured steps
 
 
-def bare_rate(config_path: Path, warmup: int) -> float:
-    """images/s of forward + backward + AdamW on random tensors: same model, batch, crop, precision."""
+def bare_rates(config_path: Path, warmup: int) -> tuple[float, float]:
+    """images/s of forward + backward + AdamW on random tensors (same model, batch, crop, precision), without
+    and with the frozen encoder's no-grad forward on the pseudo-labeled part of the batch; the two alternate
+    step by step, so both see the same machine."""
     import torch
 
     from pseudodepth.config import load_config
+    from pseudodepth.data import split_batch_size
     from pseudodepth.infer import autocast
-    from pseudodepth.train import build_model, make_optimizer
+    from pseudodepth.train import build_model, frozen_encoder, make_optimizer
 
     config = load_config(config_path)
     t = config.train
     device = torch.device("cuda" if t.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if t.device == "auto" else t.device))
     model = build_model(config).to(device)
+    frozen = frozen_encoder(config, model).to(device)
     optimizer = make_optimizer(model, config)
     x = torch.randn(t.batch_size, 3, t.crop_size, t.crop_size, device=device)
-    times = []
-    for step in range(t.steps):
+    n_l, _ = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for step in range(2 * t.steps):
+        with_frozen = bool(step % 2)
         t0 = time.perf_counter()
         with autocast(device, t.precision):
             loss = model(pixel_values=x).predicted_depth.float().mean()
+            if with_frozen:
+                with torch.no_grad():
+                    frozen(pixel_values=x[n_l:])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return t.batch_size * len(times[warmup:]) / sum(times[warmup:])
+        times[with_frozen].append(time.perf_counter() - t0)
+    return tuple(t.batch_size * len(v[warmup:]) / sum(v[warmup:]) for v in (times[False], times[True]))
 
 
 def main() -> None:
@@ -107,49 +122,65 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeat", type=int, default=2, help="alternate the two measurements this many times")
+    ap.add_argument("--compile", action="store_true", help="also run `pseudodepth train --compile`")
+    ap.add_argument("--repeat", type=int, default=2, help="alternate the measurements this many times")
     ap.add_argument("--bare", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "train_throughput.md")
     a = ap.parse_args()
     if a.bare:
-        print(bare_rate(a.bare, a.warmup))
+        print(json.dumps(bare_rates(a.bare, a.warmup)))
         return
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    names = ["student"] + (["student-compile"] if a.compile else []) + ["bare", "bare-frozen"]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    walls: dict[str, list[float]] = {"student": [], "student-compile": []}
+    loads = []
     try:
         config = make_config(work, a)
-        student, bare, walls, loads = [], [], [], []
-        for _ in range(a.repeat):  # interleaved: both see the same machine load
-            loads.append(os.getloadavg()[0])
-            shutil.rmtree(work / "run", ignore_errors=True)
-            rate, wall = student_rate(config, a.warmup)
-            student.append(rate)
-            walls.append(wall)
+        for _ in range(a.repeat):  # interleaved: every variant sees the same machine load
+            for name in ("student", "student-compile"):
+                if name in names:
+                    loads.append(os.getloadavg()[0])
+                    rate, wall = student_rate(config, a.warmup, compile=name.endswith("compile"))
+                    rates[name].append(rate)
+                    walls[name].append(wall)
             loads.append(os.getloadavg()[0])
             r = subprocess.run([sys.executable, __file__, "--bare", str(config), "--warmup", str(a.warmup)],
                                check=True, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            bare.append(float(r.stdout.strip().splitlines()[-1]))
-            print(f"student {rate:.2f} img/s, bare {bare[-1]:.2f} img/s", flush=True)
+            bare, frozen = json.loads(r.stdout.strip().splitlines()[-1])
+            rates["bare"].append(bare)
+            rates["bare-frozen"].append(frozen)
+            print(", ".join(f"{n} {v[-1]:.2f} img/s" for n, v in rates.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    s, b = statistics.median(student), statistics.median(bare)
+    med = {n: statistics.median(v) for n, v in rates.items()}
+    ceiling = med["bare-frozen"]
+    labels = {
+        "student": "`pseudodepth train` student (2 sources, filter, perturbations, CutMix, feature alignment, log)",
+        "student-compile": "`pseudodepth train --compile`, the same student",
+        "bare": "bare forward + backward + AdamW, random tensors",
+        "bare-frozen": "the same + the frozen encoder's no-grad forward on the pseudo-labeled part (ceiling)",
+    }
     lines = [
         f"Command: `.venv/bin/python bench/train_throughput.py --model {a.model} --crop {a.crop} --batch-size "
         f"{a.batch_size} --steps {a.steps} --precision {a.precision} --workers {a.workers} --device {a.device} "
-        f"--repeat {a.repeat}`",
+        f"--repeat {a.repeat}{' --compile' if a.compile else ''}`",
         f"Machine: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}; load average at each start: "
         + " / ".join(f"{x:.1f}" for x in loads),
         "",
-        "| variant | images/s, each run | median images/s | share of the ceiling |",
-        "|---|---|---:|---:|",
-        f"| `pseudodepth train` student (2 sources, filter, perturbations, CutMix, feature alignment, log) | "
-        f"{' / '.join(f'{x:.2f}' for x in student)} | {s:.2f} | {100 * s / b:.0f}% |",
-        f"| bare forward + backward + AdamW, random tensors (ceiling) | {' / '.join(f'{x:.2f}' for x in bare)} "
-        f"| {b:.2f} | 100% |",
+        "| variant | images/s, each run | median images/s | share of the ceiling | share of the bare loop |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for n in names:
+        lines.append(f"| {labels[n]} | {' / '.join(f'{x:.2f}' for x in rates[n])} | {med[n]:.2f} | "
+                     f"{100 * med[n] / ceiling:.0f}% | {100 * med[n] / med['bare']:.0f}% |")
+    lines += [
         "",
-        f"*Steps {a.warmup + 1}-{a.steps} of each run (the first {a.warmup} are warm-up); the student's rate is "
-        "the images/s column of its log.csv. The student also runs the frozen encoder and a second encoder "
-        "pass for feature alignment, which the ceiling does not. Whole `train` process: "
-        + " / ".join(f"{w:.0f} s" for w in walls) + ".*",
+        f"*Steps {a.warmup + 1}-{a.steps} of each run (the first {a.warmup} are warm-up, compilation included); "
+        "the student's rate is the images/s column of its log.csv. Feature alignment runs the frozen encoder on "
+        "the pseudo-labeled images, which the bare loop does not: the ceiling row adds exactly that. Whole "
+        "`train` process: " + "; ".join(f"{n}: " + " / ".join(f"{w:.0f} s" for w in walls[n])
+                                       for n in walls if walls[n]) + ".*",
     ]
     write_table("\n".join(lines), a.out)
 

@@ -48,7 +48,9 @@ def jpeg_bytes(rgb: np.ndarray, **kw) -> bytes:
 
 
 def make_awkward_folder(root: Path, rng: np.random.Generator | None = None) -> dict[str, str]:
-    """Write one file of every awkward kind; returns {relative path: "ok" | "failed"} expected statuses."""
+    """Write one file of every awkward kind; returns {relative path: "ok" | "failed"} expected statuses.
+
+    ``notes.txt`` and ``sub/README.md`` are not images by name: they are no inputs and get no row."""
     rng = rng or np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
@@ -75,8 +77,10 @@ def make_awkward_folder(root: Path, rng: np.random.Generator | None = None) -> d
     expect["truncated.jpg"] = "failed"
     (root / "empty.jpg").write_bytes(b"")
     expect["empty.jpg"] = "failed"
-    (root / "notes.txt").write_text("not an image\n")
-    expect["notes.txt"] = "failed"
+    (root / "notes.jpg").write_text("text under an image name\n")
+    expect["notes.jpg"] = "failed"
+    (root / "notes.txt").write_text("not an image name: no input, no row\n")
+    (root / "sub" / "README.md").write_text("# about these images\n")
     (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 200, dtype=np.uint8)))
     expect["corrupt.png"] = "failed"
     return expect

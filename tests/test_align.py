@@ -83,6 +83,27 @@ def test_exact_points_and_minimum_count():
         ransac_scale_shift(p[:9], p[:9], min_points=10)
 
 
+def test_exact_points_keep_every_inlier_whatever_the_float32_rounding():
+    """Exact sparse depth: the inliers must not depend on the prediction's last bits (the Ray defect: a
+    1-thread actor's float32 prediction kept 63, a 2-thread process's 69 of the same points)."""
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.2, 3.0, 300).astype(np.float32)
+    y = 0.5 * p.astype(np.float64) + 0.05
+    bad = rng.choice(300, 60, replace=False)
+    y[bad] *= np.exp(rng.uniform(np.log(1.02), np.log(3.0), 60)) ** rng.choice([-1.0, 1.0], 60)
+    fits, noisy = [], []
+    for trial in range(3):  # float32 rounding as another thread count or machine gives it (a few ulps)
+        noisy.append(p * (1 + 4e-7 * rng.standard_normal(p.size)).astype(np.float32) if trial else p)
+        fits.append(ransac_scale_shift(noisy[-1], y))
+    good = np.ones(300, bool)
+    good[bad] = False
+    for fit in fits:
+        assert np.array_equal(fit.inliers, good)  # all 240, not those the rounding happened to favour
+        assert fit.scale == pytest.approx(0.5, rel=1e-5) and fit.shift == pytest.approx(0.05, rel=1e-4)
+    # Without the floor the threshold sits at the rounding noise and drops true inliers.
+    assert ransac_scale_shift(noisy[1], y, rel_floor=0.0).n_inliers < 240
+
+
 def test_negative_scale_and_majority_outliers_fail_with_reasons():
     p = np.linspace(0.2, 1.0, 30)
     with pytest.raises(AlignError, match="positive scale"):

@@ -46,17 +46,21 @@ def test_store_of_other_teacher_weights_is_refused_same_weights_under_another_na
     assert (again.ok, again.skipped) == (0, 3)
 
 
-def test_source_changed_after_labelling_keeps_its_row_and_stops_the_export(tmp_path, tiny_model, capsys):
+def test_source_changed_after_labelling_stops_the_export_until_label_relabels_it(tmp_path, tiny_model, capsys):
     imgs = image_folder(tmp_path / "imgs")
     label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False)
     old = {r["source"]: r for r in LabelStore(tmp_path / "s").rows()}
     shutil.copy(imgs / "0.png", imgs / "1.png")  # same name, other content
-    again = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False)
-    assert (again.ok, again.skipped) == (0, 3)  # resume goes by name: the row (and its old hash) stays
-    assert {r["source"]: r for r in LabelStore(tmp_path / "s").rows()} == old
     assert main(["shards", str(tmp_path / "s"), "--out", str(tmp_path / "shards")]) == 2
     err = capsys.readouterr().err
     assert "1.png" in err and "changed since it was labelled" in err and len(err.strip().splitlines()) == 1
+    assert main(["label", "--model", "da-v2-tiny", "--images", str(imgs), "--out", str(tmp_path / "s"),
+                 "--workers", "0"]) == 0  # resume relabels the changed source, and says so
+    assert "1 ok, 0 failed, 2 already done, 1 relabelled (source changed since labelled)" in capsys.readouterr().out
+    new = {r["source"]: r for r in LabelStore(tmp_path / "s").rows()}
+    assert new["1.png"]["hash"] == new["0.png"]["hash"] != old["1.png"]["hash"]
+    assert {k: new[k] for k in ("0.png", "2.png")} == {k: old[k] for k in ("0.png", "2.png")}
+    assert main(["shards", str(tmp_path / "s"), "--out", str(tmp_path / "shards")]) == 0
 
 
 def test_cli_label_square_then_shards(tmp_path, tiny_model, capsys):

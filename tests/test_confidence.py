@@ -107,5 +107,78 @@ def test_config_loss_confidence_is_validated():
         with pytest.raises(ConfigError, match="loss.confidence"):
             config_from_dict({**base, "loss": {"confidence": bad}}, check_paths=False)
     shards = {**base, "data": {**base["data"], "unlabeled": [{"type": "shards", "index": "x/index.json"}]}}
-    with pytest.raises(ConfigError, match="label-store sources"):
-        config_from_dict({**shards, "loss": {"confidence": {"min": 0.3}}}, check_paths=False)
+    # shard exports carry the maps (tests/test_shards.py: the round trip)
+    assert config_from_dict({**shards, "loss": {"confidence": {"min": 0.3}}}, check_paths=False).loss.confidence
+
+
+def test_second_input_size_is_one_and_a_half_times_to_the_nearest_multiple_of_14():
+    from pseudodepth.confidence import second_input_size
+
+    # 1.5 x: 777 -> 55.5 patches -> 56 (ties up); 756 = 54 x 14; 63 -> 4.5 -> 5; 21 -> 1.5 -> 2
+    assert [second_input_size(n) for n in (518, 504, 42, 14, 28)] == [784, 756, 70, 28, 42]
+
+
+def _slow_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize with align_corners=True, pixel by pixel: output (i, j) samples the input at
+    (i (h - 1) / (H - 1), j (w - 1) / (W - 1))."""
+    h, w = x.shape
+    out = np.zeros(size)
+    for i in range(size[0]):
+        for j in range(size[1]):
+            y = i * (h - 1) / (size[0] - 1) if size[0] > 1 else 0.0
+            xx = j * (w - 1) / (size[1] - 1) if size[1] > 1 else 0.0
+            y0, x0 = min(int(y), h - 2), min(int(xx), w - 2)
+            fy, fx = y - y0, xx - x0
+            out[i, j] = ((1 - fy) * (1 - fx) * x[y0, x0] + (1 - fy) * fx * x[y0, x0 + 1]
+                         + fy * (1 - fx) * x[y0 + 1, x0] + fy * fx * x[y0 + 1, x0 + 1])
+    return out
+
+
+def test_label_confidence_scales_against_its_definition(tmp_path, tiny_model):
+    """``--confidence scales``: the stored map is the agreement formula between the prediction at the input
+    size (42) and the prediction at 70 (1.5 x 42 to a multiple of 14) resized to the first's resolution."""
+    from pseudodepth.infer import forward
+    from pseudodepth.preprocess import prepare, upsample
+
+    imgs = _folder(tmp_path)
+    report = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False,
+                          settings=LabelSettings(input_size=42, confidence="scales"))
+    assert report.ok == 2
+    store = LabelStore(tmp_path / "s")
+    meta = store.meta()
+    assert meta["settings"]["confidence"] == meta["confidence"]["method"] == "scales"
+    assert "1.5 x the input size" in meta["confidence"]["formula"]
+    flip = label_folder("da-v2-tiny", imgs, tmp_path / "f", workers=0, model=tiny_model, progress=False,
+                        settings=LabelSettings(input_size=42, confidence="flip"))
+    assert flip.ok == 2 and LabelStore(tmp_path / "f").meta()["teacher"] != meta["teacher"], "method in the fingerprint"
+    for row in store.rows():
+        rgb = np.asarray(Image.open(imgs / row["source"]))
+        x1, x2 = prepare(rgb, 42), prepare(rgb, 70)
+        assert x1.shape == (3, 42, 56) and x2.shape == (3, 70, 98)  # lower-bound resize of 30 x 40 at each size
+        a = forward(tiny_model, torch.from_numpy(x1)[None])[0].double().numpy()
+        b = _slow_bilinear(forward(tiny_model, torch.from_numpy(x2)[None])[0].double().numpy(), a.shape)
+        ref = upsample(torch.from_numpy(_reference(a, b)).float()[None], (30, 40))[0].numpy()
+        conf = store.read_confidence(row)
+        assert conf.shape == (30, 40) and np.abs(conf - ref).max() < 1e-4
+        assert 0 < conf.min() < conf.max() <= 1
+        # the label is the prediction at the input size
+        label = upsample(torch.from_numpy(a).float()[None], (30, 40))[0].numpy()
+        assert np.abs(store.read_disparity(row) - label).max() <= (row["max"] - row["min"]) / 65535 + 1e-5
+
+
+def test_label_confidence_scales_of_a_constant_prediction_is_one(tmp_path, tiny_model):
+    """Edge case: a teacher whose output is constant agrees with itself at every scale (mean absolute
+    deviation 0 and residual 0 -> confidence 1), and its label is constant."""
+    import copy
+
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.head.conv3.weight.zero_()
+        model.head.conv3.bias.fill_(0.7)
+    imgs = _folder(tmp_path)
+    label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=model, progress=False,
+                 settings=LabelSettings(input_size=42, confidence="scales"))
+    store = LabelStore(tmp_path / "s")
+    for row in store.rows():
+        assert row["status"] == "ok" and row["min"] == pytest.approx(0.7) and row["max"] - row["min"] < 1e-6
+        assert (store.read_confidence(row) == 1.0).all()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pseudodepth.config import ConfigError, TrainConfig, config_from_dict, load_config
+from pseudodepth.config import ConfigError, TrainConfig, config_from_dict, deep_merge, load_config
 
 from train_helpers import write_config
 
@@ -170,3 +170,10 @@ def test_missing_mode_invalid_yaml_and_missing_file_are_named(folder: Path) -> N
         load_config(bad)
     with pytest.raises(ConfigError, match=r"nowhere\.yaml: config file not found"):
         load_config(folder / "nowhere.yaml")
+
+
+def test_deep_merge_merges_mappings_and_replaces_the_rest():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
+    merged = deep_merge(base, {"a": {"c": [9], "e": {"f": 1}}, "d": None})
+    assert merged == {"a": {"b": 1, "c": [9], "e": {"f": 1}}, "d": None}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}  # inputs untouched

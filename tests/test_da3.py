@@ -190,3 +190,159 @@ def test_predict_uses_da3_preprocessing_and_returns_disparity_at_the_input_size(
 def test_metric_depth_uses_the_focal_length_over_300():
     out = torch.tensor([[1.0, 2.0]])
     assert torch.allclose(da3.metric_depth(out, 600.0), torch.tensor([[2.0, 4.0]]))
+
+
+# ----------------------------------------------------------------------------- DA3METRIC: metres from the focal length
+
+
+def _da3metric(tmp_path, sky_bias=-10.0):
+    """A random-weights DA3METRIC stand-in (tiny widths, hub layout); ``sky_bias`` -10: no sky, 10: all sky."""
+    state = _official_da3_state(seed=5)
+    state["model.head.scratch.sky_output_conv2.2.bias"] = torch.tensor([sky_bias])
+    return _hub_folder(tmp_path / f"DA3METRIC-LARGE-{sky_bias:g}", state, "da3metric-large")
+
+
+def _metres_reference(model, rgb, fx, fy, input_size=56):
+    """From the definition: the head's exp output at the network size times the network-input focal / 300,
+    the focal scaled per axis by the resize (fx by net_w / w, fy by net_h / h), upsampled bilinearly."""
+    x = torch.from_numpy(prepare_da3(rgb, input_size))[None]
+    with torch.no_grad():
+        raw = model(pixel_values=x).predicted_depth  # the official head's output (exp)
+    (h, w), (nh, nw) = rgb.shape[:2], x.shape[-2:]
+    focal_net = (fx * nw / w + fy * nh / h) / 2
+    metres = raw * focal_net / 300.0
+    return F.interpolate(metres[:, None], (h, w), mode="bilinear", align_corners=True)[0, 0].numpy(), focal_net
+
+
+def test_da3metric_predict_gives_metres_from_the_focal_length(tmp_path):
+    from pseudodepth.predict import predict_files
+
+    folder = _da3metric(tmp_path)
+    model = load_model(folder)
+    rgb = np.random.default_rng(2).integers(0, 256, (33, 47, 3), dtype=np.uint8)  # network 42 x 56: unequal axes
+    cv2.imwrite(str(tmp_path / "a.png"), rgb[..., ::-1])
+    cv2.imwrite(str(tmp_path / "b.png"), rgb[..., ::-1])
+    predict_files(str(folder), [tmp_path / "a.png"], tmp_path / "one", raw=True, input_size=56, model=model,
+                  progress=False, focal=da3.FocalSettings(focal_px=500.0))
+    expected, _ = _metres_reference(model, rgb, 500.0, 500.0)
+    np.testing.assert_allclose(np.load(tmp_path / "one/a.npy"), expected, rtol=1e-5)
+    # per image intrinsics (fx != fy); an image missing from the file is skipped with the reason
+    (tmp_path / "k.csv").write_text("image,fx,fy\na.png,400,900\n")
+    written, errors = predict_files(str(folder), [tmp_path / "a.png", tmp_path / "b.png"], tmp_path / "csv", raw=True,
+                                    input_size=56, model=model, progress=False,
+                                    focal=da3.FocalSettings(intrinsics=str(tmp_path / "k.csv")))
+    expected, _ = _metres_reference(model, rgb, 400.0, 900.0)
+    np.testing.assert_allclose(np.load(tmp_path / "csv/a.npy"), expected, rtol=1e-5)
+    assert len(errors) == 1 and "b.png" in errors[0] and "no focal length for this image" in errors[0]
+    assert not (tmp_path / "csv/b.npy").exists()
+
+
+def test_network_focal_against_hand_computed_values():
+    assert da3.network_focal(500.0, 500.0, (1000, 2000), (252, 504)) == pytest.approx(126.0)  # both axes / 3.97
+    assert da3.network_focal(400.0, 900.0, (33, 47), (42, 56)) == pytest.approx(0.5 * (400 * 56 / 47 + 900 * 42 / 33))
+    out = torch.tensor([[2.0, float("nan")]])  # disparity 2 -> output 0.5; sky (NaN) stays NaN
+    metres = da3.metres_from_disparity(out, 600.0)
+    assert metres[0, 0].item() == pytest.approx(1.0) and torch.isnan(metres[0, 1])
+
+
+def test_da3metric_without_a_focal_length_is_refused_in_one_line(tmp_path, capsys):
+    from pseudodepth.cli import main
+    from pseudodepth.label import LabelSettings, label_folder
+    from pseudodepth.label_ray import label_folder_ray
+
+    folder = _da3metric(tmp_path)
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    assert main(["predict", str(tmp_path / "a.png"), "--model", str(folder), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "DA3METRIC gives metres only with the focal length" in err
+    assert "--focal-px" in err and not (tmp_path / "p").exists()
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    for engine in (label_folder, label_folder_ray):  # refused before any work, Ray not even started
+        with pytest.raises(ValueError, match="DA3METRIC gives metres only with the focal length"):
+            engine(str(folder), imgs, tmp_path / "s", settings=LabelSettings(input_size=56), progress=False)
+    assert not (tmp_path / "s").exists()
+    # a focal length for another teacher, or with --align-to, is refused too; a bad focal fails before work
+    assert main(["label", "--model", "da-v2-tiny", "--images", str(imgs), "--out", str(tmp_path / "s"),
+                 "--focal-px", "500"]) == 2
+    assert "applies only to a DA3METRIC teacher" in capsys.readouterr().err
+    assert main(["label", "--model", str(folder), "--images", str(imgs), "--out", str(tmp_path / "s"),
+                 "--focal-px", "500", "--align-to", str(imgs)]) == 2
+    assert "both set the metric scale" in capsys.readouterr().err
+    assert main(["label", "--model", str(folder), "--images", str(imgs), "--out", str(tmp_path / "s"),
+                 "--focal-px", "-3"]) == 2
+    assert "--focal-px must be a positive number" in capsys.readouterr().err
+    (tmp_path / "bad.csv").write_text("image,fx\na.png,wide\n")
+    assert main(["label", "--model", str(folder), "--images", str(imgs), "--out", str(tmp_path / "s"),
+                 "--intrinsics", str(tmp_path / "bad.csv")]) == 2
+    assert "bad.csv:2: expected image,fx[,fy]" in capsys.readouterr().err  # one line naming file and line
+    assert not (tmp_path / "s").exists()
+
+
+def test_da3metric_labels_hold_metres_and_the_store_records_the_scale_source(tmp_path):
+    from pseudodepth.label import LabelSettings, label_folder
+    from pseudodepth.store import LabelStore
+
+    rng = np.random.default_rng(3)
+    imgs = tmp_path / "imgs"
+    (imgs / "sub").mkdir(parents=True)
+    rgbs = {"a.png": rng.integers(0, 256, (33, 47, 3), dtype=np.uint8),
+            "sub/b.png": rng.integers(0, 256, (30, 40, 3), dtype=np.uint8),
+            "c.png": rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)}
+    for rel, rgb in rgbs.items():
+        cv2.imwrite(str(imgs / rel), rgb[..., ::-1])
+    (tmp_path / "k.csv").write_text("a.png,400,900\nsub/b.png,300\n")  # c.png has none: a failed row
+    folder = _da3metric(tmp_path)
+    model = load_model(folder)
+    settings = LabelSettings(input_size=56, focal=da3.FocalSettings(intrinsics=str(tmp_path / "k.csv")))
+    report = label_folder(str(folder), imgs, tmp_path / "s", workers=0, settings=settings, model=model,
+                          progress=False)
+    assert (report.ok, report.failed) == (2, 1)
+    store = LabelStore(tmp_path / "s")
+    meta = json.loads((tmp_path / "s/store.json").read_text())
+    assert store.label_space == "metric_depth" and meta["metric_scale"]["source"] == "focal_length"
+    assert meta["metric_scale"]["intrinsics"] == str((tmp_path / "k.csv").resolve())
+    assert meta["settings"]["focal"]["intrinsics_sha256"]  # part of the teacher fingerprint
+    rows = {r["source"]: r for r in store.rows()}
+    assert rows["c.png"]["status"] == "failed" and "no focal length for this image" in rows["c.png"]["error"]
+    for rel, (fx, fy) in (("a.png", (400.0, 900.0)), ("sub/b.png", (300.0, 300.0))):
+        expected, focal_net = _metres_reference(model, rgbs[rel], fx, fy)
+        row = rows[rel]
+        assert row["scale"] == pytest.approx(focal_net / 300.0) and row["shift"] == 0.0 and row["inliers"] is None
+        np.testing.assert_allclose(store.read_label(row), expected, rtol=2e-4)  # 16-bit log-depth quantisation
+    # one --focal-px for all, in the fingerprint: another focal length is another teacher
+    other = LabelSettings(input_size=56, focal=da3.FocalSettings(focal_px=500.0))
+    with pytest.raises(Exception, match="holds labels from teacher"):
+        label_folder(str(folder), imgs, tmp_path / "s", workers=0, settings=other, model=model, progress=False)
+
+
+def test_label_resize_on_device_is_refused_for_da3_and_confidence_scales_uses_its_preprocessing(tmp_path):
+    """DA3's preprocessing runs in the workers only: an explicit ``--resize-on device`` is refused in one line
+    (not silently changed); ``--confidence scales`` prepares both sizes with DA3's own resize (504 -> 756)."""
+    from pseudodepth.confidence import second_input_size
+    from pseudodepth.label import LabelSettings, label_folder
+    from pseudodepth.store import LabelStore
+
+    folder = _hub_folder(tmp_path / "DA3MONO-LARGE", _official_da3_state(seed=3))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "a.png"), np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"--resize-on device: .* Depth Anything 3 teacher.*--resize-on worker"):
+        label_folder(str(folder), imgs, tmp_path / "dev", workers=0, progress=False, resize_on="device")
+    assert not (tmp_path / "dev").exists()
+    assert second_input_size(504) == 756
+    model = load_model(folder)
+    label_folder(str(folder), imgs, tmp_path / "s", workers=0, progress=False, model=model,
+                 settings=LabelSettings(input_size=42, confidence="scales"))
+    store = LabelStore(tmp_path / "s")
+    row = store.rows()[0]
+    rgb = cv2.cvtColor(cv2.imread(str(imgs / "a.png")), cv2.COLOR_BGR2RGB)
+    a = forward(model, torch.from_numpy(prepare_da3(rgb, 42))[None])
+    b = forward(model, torch.from_numpy(prepare_da3(rgb, 70))[None])
+    assert a.shape[-2:] == (28, 42) and b.shape[-2:] == (56, 70)  # DA3: longest side to 42 / 70, multiples of 14
+    from pseudodepth.confidence import agreement
+    from pseudodepth.preprocess import upsample
+
+    expected = upsample(agreement(a, upsample(b, (28, 42))), (30, 40))[0].numpy()
+    assert np.abs(store.read_confidence(row) - expected).max() < 1e-4

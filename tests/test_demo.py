@@ -16,19 +16,13 @@ from PIL import Image
 from pseudodepth import ablation, demo
 from pseudodepth import report as rp
 from pseudodepth.evaluate import evaluate
+from pseudodepth.stages import finished_run
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def test_deep_merge_merges_mappings_and_replaces_the_rest():
-    base = {"a": {"b": 1, "c": [1, 2]}, "d": 3}
-    merged = demo.deep_merge(base, {"a": {"c": [9], "e": {"f": 1}}, "d": None})
-    assert merged == {"a": {"b": 1, "c": [9], "e": {"f": 1}}, "d": None}
-    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}  # inputs untouched
 
 
 def test_shipped_settings_load_and_quick_shrinks_everything():
@@ -80,95 +74,6 @@ def test_cli_arguments():
 
 
 # --------------------------------------------------------------------------- per-pixel views
-
-
-def abs_rel_reference(pred, gt, valid, min_depth, max_depth):
-    mask = valid & np.isfinite(gt) & (gt > 0)
-    out = np.full(gt.shape, np.nan)
-    if not mask.any():
-        return out
-    p, g = pred[mask], gt[mask]
-    a = np.stack([p, np.ones_like(p)], axis=1)
-    (s, t), *_ = np.linalg.lstsq(a, 1 / g, rcond=None)  # min-norm: same s*p+t as the closed form
-    floor = 1 / max_depth if math.isfinite(max_depth) else 1 / g.max()
-    for y, x in zip(*np.nonzero(mask)):
-        disparity = max(s * pred[y, x] + t, floor)
-        depth = min(max(1 / disparity, min_depth), max_depth)
-        out[y, x] = abs(depth - gt[y, x]) / gt[y, x]
-    return out
-
-
-@pytest.mark.parametrize("case", ["random", "one_valid", "nan_inf_gt", "no_valid", "constant_pred", "range"])
-def test_abs_rel_map_matches_reference(case):
-    rng = np.random.default_rng(3)
-    gt = rng.uniform(1, 20, (8, 7))
-    pred = 1 / gt * 2.5 + 0.01 + rng.normal(0, 0.02, gt.shape)
-    valid = rng.random(gt.shape) < 0.8
-    min_depth, max_depth = 1e-3, math.inf
-    if case == "one_valid":
-        valid = np.zeros(gt.shape, bool)
-        valid[3, 4] = True
-    elif case == "nan_inf_gt":
-        gt[0, :3] = [np.nan, np.inf, -1.0]
-        valid[0, :3] = True
-    elif case == "no_valid":
-        valid[:] = False
-    elif case == "constant_pred":
-        pred[:] = 0.7
-    elif case == "range":
-        min_depth, max_depth = 2.0, 10.0
-    got = demo.abs_rel_map(pred, gt, valid, min_depth, max_depth)
-    expected = abs_rel_reference(pred, gt, valid, min_depth, max_depth)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
-    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-7, atol=1e-9)
-    if case == "one_valid":
-        assert got[3, 4] == pytest.approx(0, abs=1e-12)
-
-
-def ssi_reference(d):
-    values = np.sort(d.ravel())
-    median = values[(values.size + 1) // 2 - 1]  # lower median
-    scale = max(np.mean(np.abs(d - median)), 1e-6)
-    return (d - median) / scale
-
-
-def dropped_reference(pred, pseudo, ratio):
-    loss = np.abs(ssi_reference(pred.astype(np.float64)) - ssi_reference(pseudo.astype(np.float64)))
-    n = loss.size
-    if ratio == 0:
-        return np.zeros(loss.shape, bool)
-    k = math.ceil((1 - ratio) * (n - 1)) + 1
-    v = np.sort(loss.ravel())[k - 1]
-    keep = loss < v
-    if not keep.any():
-        keep = loss <= v
-    return ~keep
-
-
-@pytest.mark.parametrize("case", ["random", "ratio0", "ratio02", "constant", "one_pixel", "outlier_block"])
-def test_filter_dropped_matches_reference(case):
-    rng = np.random.default_rng(4)
-    pred, pseudo, ratio = rng.random((9, 11)), rng.random((9, 11)), 0.1
-    if case == "ratio0":
-        ratio = 0.0
-    elif case == "ratio02":
-        ratio = 0.2
-    elif case == "constant":
-        pred, pseudo = np.full((5, 5), 2.0), np.full((5, 5), 3.0)
-    elif case == "one_pixel":
-        pred, pseudo = np.array([[1.0]]), np.array([[2.0]])
-    elif case == "outlier_block":
-        pseudo = pred.copy()
-        pseudo[:3, :3] += 5.0  # a wrong pseudo-label patch: exactly what the filter should drop
-    got = demo.filter_dropped(pred.astype(np.float32), pseudo.astype(np.float32), ratio)
-    expected = dropped_reference(pred.astype(np.float32), pseudo.astype(np.float32), ratio)
-    assert got.dtype == bool and got.shape == pred.shape
-    assert got.sum() == expected.sum()
-    assert (got != expected).sum() <= 1  # float32 vs float64 at the threshold
-    if case in ("constant", "one_pixel", "ratio0"):
-        assert not got.any()
-    if case == "outlier_block":
-        assert got[:3, :3].all()
 
 
 def views(errors, dropped):
@@ -348,8 +253,8 @@ def test_resume_reuses_finished_models_and_retrains_changed_ones(tmp_path):
         run / "teacher" / "final", fresh=False)
     changed = demo.train_recipe(settings.teacher, run, {"optim": {"encoder_lr": 1e-6}}, name=name, resume=True)
     assert changed.fresh and "encoder_lr: 1.0e-06" in (run / "teacher" / "config.yaml").read_text()
-    assert demo.finished_run(run / "teacher", "something else") is None
-    assert demo.finished_run(run / "nothing_here", "") is None
+    assert finished_run(run / "teacher", "something else") is None
+    assert finished_run(run / "nothing_here", "") is None
 
 
 def test_resume_continues_an_interrupted_training_from_its_checkpoint(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import cv2
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_awkward_folder
-from pseudodepth.imageio import ImageError, list_files, read_rgb, safe_join
+from pseudodepth.imageio import ImageError, is_image_name, list_files, list_images, read_rgb, safe_join
 from pseudodepth.store import LabelStore, decode_label, encode_label, label_paths
 
 
@@ -53,6 +54,17 @@ def test_list_files_walks_subfolders_and_skips_hidden(tmp_path):
         list_files(tmp_path / "missing")
 
 
+def test_list_images_splits_by_extension_not_content(tmp_path):
+    for rel in ("a.JPG", "b.png", "c.tiff", "README.md", "notes.txt", "sub/d.webp", "sub/e.jpg.bak", "jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"not decoded here")
+    assert list_images(tmp_path) == (["a.JPG", "b.png", "c.tiff", "sub/d.webp"],
+                                     ["README.md", "jpg", "notes.txt", "sub/e.jpg.bak"])
+    assert list_images(tmp_path, exclude=(tmp_path / "sub",)) == (["a.JPG", "b.png", "c.tiff"],
+                                                                  ["README.md", "jpg", "notes.txt"])
+    assert is_image_name("x.Jpeg") and is_image_name(Path("d/y.gif")) and not is_image_name("x.jpeg.txt")
+
+
 def test_safe_join_refuses_escapes(tmp_path):
     assert safe_join(tmp_path, "a/b.png") == tmp_path / "a/b.png"
     for bad in ("../x.png", "a/../../x.png", "/etc/passwd"):
@@ -61,7 +73,7 @@ def test_safe_join_refuses_escapes(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["random", "constant", "with_nan", "with_inf", "all_nan", "constant_with_nan",
-                                  "one_pixel", "huge_range"])
+                                  "one_pixel", "huge_range", "random_float32", "constant_float32"])
 def test_label_encoding_round_trip_against_reference(kind):
     rng = np.random.default_rng(0)
     d = {"random": rng.random((31, 17)) * 5,
@@ -71,7 +83,9 @@ def test_label_encoding_round_trip_against_reference(kind):
          "all_nan": np.full((3, 3), np.nan),
          "constant_with_nan": np.array([[2.0, np.nan], [2.0, 2.0]]),
          "one_pixel": np.array([[3.0]]),
-         "huge_range": np.array([[1e-6, 1e6], [5.0, 7.0]])}[kind]
+         "huge_range": np.array([[1e-6, 1e6], [5.0, 7.0]]),
+         "random_float32": (rng.random((23, 29)) * 3 + 0.25).astype(np.float32),  # what the teachers hand in
+         "constant_float32": np.full((5, 3), 0.75, np.float32)}[kind]
     q, lo, hi, invalid = encode_label(d)
     assert q.dtype == np.uint16
     fin = np.isfinite(d)
@@ -82,9 +96,9 @@ def test_label_encoding_round_trip_against_reference(kind):
         if not fin[idx]:
             assert q[idx] == 0
         elif invalid == 0:
-            assert q[idx] == (int(np.rint((d[idx] - lo) / (hi - lo) * 65535)) if hi > lo else 0)
+            assert q[idx] == (int(np.rint((float(d[idx]) - lo) / (hi - lo) * 65535)) if hi > lo else 0)
         else:
-            assert q[idx] == 1 + (int(np.rint((d[idx] - lo) / (hi - lo) * 65534)) if hi > lo else 0)
+            assert q[idx] == 1 + (int(np.rint((float(d[idx]) - lo) / (hi - lo) * 65534)) if hi > lo else 0)
     back = decode_label(q, lo, hi, invalid)
     assert np.array_equal(np.isfinite(back), fin)  # a non-finite teacher pixel never decodes as a valid one
     assert np.all(np.abs(back[fin] - d[fin]) <= (hi - lo) / 65534 / 2 + 1e-6 * max(1.0, abs(hi)))

@@ -67,3 +67,19 @@ def test_fp16_runs_in_half_precision_and_stays_close_to_fp32(tiny_model):
     assert d16.dtype == np.float32 and out16.dtype == torch.float32  # returned as float32
     assert not np.array_equal(d16, d32)
     assert np.linalg.norm(d16 - d32) / np.linalg.norm(d32) < 0.01
+
+
+def test_fast_layout_is_channels_last_in_reduced_precision_only_and_keeps_the_values():
+    from pseudodepth.infer import fast_layout
+
+    rgb = np.random.default_rng(6).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    x = torch.from_numpy(prepare(rgb))[None]
+    ref = load_model("da-v2-tiny")
+    assert fast_layout(load_model("da-v2-tiny"), "fp32").state_dict().keys() == ref.state_dict().keys()
+    assert all(p.is_contiguous() for p in fast_layout(load_model("da-v2-tiny"), "fp32").parameters())
+    fast = fast_layout(load_model("da-v2-tiny"), "bf16")
+    convs = [p for p in fast.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] * p.shape[3] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs)
+    for precision, tol in (("fp32", 1e-5), ("bf16", 1e-2)):  # same values up to the order of the sums
+        a, b = forward(ref, x, precision), forward(fast, x, precision)
+        assert float((a - b).norm() / a.norm()) < tol, precision

@@ -15,7 +15,7 @@ import pytest
 
 from pseudodepth.interrupt import Interrupted, command_line, interrupt_line
 from pseudodepth.store import LabelStore
-from pseudodepth.train import TRAINER_STATE, latest_checkpoint
+from pseudodepth.checkpoints import TRAINER_STATE, latest_checkpoint
 
 from train_helpers import labeled_folder, one_thread_env, write_config
 

@@ -27,7 +27,10 @@ def test_awkward_folder_contract(tmp_path, tiny_model):
     assert report.ok == sum(v == "ok" for v in expect.values())
     assert report.failed == sum(v == "failed" for v in expect.values())
     table = pq.read_table(tmp_path / "store" / "manifest.parquet").to_pylist()
-    assert {r["source"]: r["status"] for r in table} == expect
+    assert {r["source"]: r["status"] for r in table} == expect  # no row for notes.txt, sub/README.md
+    assert report.ignored == ["notes.txt", "sub/README.md"]
+    assert ", 2 non-image files ignored (notes.txt, sub/README.md); " in report.summary()
+    assert not (tmp_path / "store" / "labels" / "notes.png").exists()
     store = LabelStore(tmp_path / "store")
     for row in table:
         if row["status"] == "failed":
@@ -66,6 +69,60 @@ def test_resume_skips_done_rows_and_refuses_another_teacher(tmp_path, tiny_model
     redo = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False,
                         settings=LabelSettings(tta="flip"), overwrite=True)
     assert redo.ok + redo.failed == len(LabelStore(tmp_path / "s").rows())
+
+
+def test_resume_relabels_a_source_that_changed_since_it_was_labelled(tmp_path, tiny_model):
+    """A row is kept only while its source file is the one that was labelled: a changed file (size or
+    mtime differ, and so does its sha256) is relabelled and counted; a file only touched is not."""
+    import hashlib
+
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / name)
+    settings = LabelSettings(input_size=42)
+    first = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False,
+                         settings=settings)
+    store = LabelStore(tmp_path / "s")
+    rows = {r["source"]: r for r in store.rows()}
+    assert first.ok == 3 and first.relabelled == 0
+    assert all(r["bytes"] == (imgs / s).stat().st_size and r["mtime_ns"] == (imgs / s).stat().st_mtime_ns
+               for s, r in rows.items())
+    kept = {s: (tmp_path / "s" / rows[s]["label"]).stat().st_mtime_ns for s in ("b.png", "c.png")}
+    Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(imgs / "a.png")  # new content
+    stamp = (imgs / "b.png").stat()
+    os.utime(imgs / "b.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 10**9))  # touched, same bytes
+    again = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False,
+                         settings=settings)
+    assert (again.ok, again.failed, again.skipped, again.relabelled) == (1, 0, 2, 1)
+    assert "1 relabelled (source changed since labelled)" in again.summary()
+    row = {r["source"]: r for r in store.rows()}["a.png"]
+    assert row["hash"] == hashlib.sha256((imgs / "a.png").read_bytes()).hexdigest()
+    assert (row["height"], row["width"]) == (20, 30) and len(store.rows()) == 3
+    expected = predict(tiny_model, read_rgb(imgs / "a.png"), input_size=42)
+    assert np.abs(store.read_disparity(row) - expected).max() <= (row["max"] - row["min"]) / 65535 + 1e-5
+    assert {s: (tmp_path / "s" / rows[s]["label"]).stat().st_mtime_ns for s in kept} == kept
+    # the touched file's new time is recorded (not hashed again next time), its label kept
+    assert {r["source"]: r for r in store.rows()}["b.png"]["mtime_ns"] == (imgs / "b.png").stat().st_mtime_ns
+    # a store written before size/mtime were recorded: every row is checked by its sha256 instead
+    legacy = [{**r, "bytes": None, "mtime_ns": None} for r in store.rows()]
+    (tmp_path / "s/manifest.parquet").unlink()
+    store.append(legacy)
+    store.consolidate()
+    stamp = (imgs / "c.png").stat()
+    data = bytearray((imgs / "c.png").read_bytes())
+    Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / "c.png")
+    os.utime(imgs / "c.png", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert bytes(data) != (imgs / "c.png").read_bytes()
+    third = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model, progress=False,
+                         settings=settings)
+    assert (third.ok, third.skipped, third.relabelled) == (1, 2, 1)
+    assert all(r["bytes"] == (imgs / r["source"]).stat().st_size for r in store.rows())  # recorded again
+    assert "relabelled" not in label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=0, model=tiny_model,
+                                            progress=False, settings=settings).summary()
 
 
 def test_batching_and_workers_give_identical_labels(tmp_path, tiny_model, photos):
@@ -141,6 +198,27 @@ def test_resize_on_device_path_matches_the_standard_path(tmp_path, tiny_model, p
         da, db = LabelStore(tmp_path / "std").read_disparity(a), LabelStore(tmp_path / "dev").read_disparity(b)
         # documented tolerance (README, label): relative L2 < 1e-3 against the official float64 preprocessing
         assert np.linalg.norm(db - da) / np.linalg.norm(da) < 1e-3, a["source"]
+
+
+@pytest.mark.parametrize("method", ["flip", "scales"])
+def test_resize_on_device_with_confidence_matches_the_standard_path(tmp_path, tiny_model, photos, method):
+    """``--resize-on device`` is honoured with ``--confidence``: inputs at both sizes are resized on the
+    device; labels and confidence maps stay within the device path's documented tolerance."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "demo08.jpg").symlink_to(photos / "demo08.jpg")
+    settings = LabelSettings(input_size=70, confidence=method)
+    std = label_folder("da-v2-tiny", imgs, tmp_path / "std", workers=0, model=tiny_model, progress=False,
+                       settings=settings)
+    dev = label_folder("da-v2-tiny", imgs, tmp_path / "dev", workers=0, model=tiny_model, progress=False,
+                       settings=settings, resize_on="device")
+    assert std.ok == dev.ok == 1
+    s_std, s_dev = LabelStore(tmp_path / "std"), LabelStore(tmp_path / "dev")
+    a, b = s_std.rows()[0], s_dev.rows()[0]
+    da, db = s_std.read_disparity(a), s_dev.read_disparity(b)
+    assert np.linalg.norm(db - da) / np.linalg.norm(da) < 1e-3
+    ca, cb = s_std.read_confidence(a), s_dev.read_confidence(b)
+    assert np.linalg.norm(cb - ca) / np.linalg.norm(ca) < 1e-2 and np.abs(cb - ca).mean() < 1e-2
 
 
 def test_reduced_decode_keeps_sizes_and_stays_close(tmp_path, tiny_model, photos):

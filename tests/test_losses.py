@@ -18,6 +18,7 @@ from pseudodepth.losses import (
     depth_edge_mask,
     drop_top_losses,
     feature_alignment_loss,
+    filter_dropped,
     filtered_mean,
     gradient_matching_loss,
     labeled_loss,
@@ -638,3 +639,52 @@ def test_edge_aware_pseudo_label_terms_match_reference(ratio):
     np.testing.assert_allclose(terms.gm.numpy(), gm, rtol=1e-9)
     np.testing.assert_allclose(terms.loss.numpy(), [s + 0.5 * g for s, g in zip(ssi, gm)], rtol=1e-9)
     np.testing.assert_array_equal(terms.kept_count.numpy(), keep.sum((1, 2)))
+
+
+# --------------------------------------------------------------------------- the filter's dropped pixels (report panels)
+
+
+def ssi_reference(d):
+    values = np.sort(d.ravel())
+    median = values[(values.size + 1) // 2 - 1]  # lower median
+    scale = max(np.mean(np.abs(d - median)), 1e-6)
+    return (d - median) / scale
+
+
+def dropped_reference(pred, pseudo, ratio):
+    loss = np.abs(ssi_reference(pred.astype(np.float64)) - ssi_reference(pseudo.astype(np.float64)))
+    n = loss.size
+    if ratio == 0:
+        return np.zeros(loss.shape, bool)
+    k = math.ceil((1 - ratio) * (n - 1)) + 1
+    v = np.sort(loss.ravel())[k - 1]
+    keep = loss < v
+    if not keep.any():
+        keep = loss <= v
+    return ~keep
+
+
+@pytest.mark.parametrize("case", ["random", "ratio0", "ratio02", "constant", "one_pixel", "outlier_block"])
+def test_filter_dropped_matches_reference(case):
+    rng = np.random.default_rng(4)
+    pred, pseudo, ratio = rng.random((9, 11)), rng.random((9, 11)), 0.1
+    if case == "ratio0":
+        ratio = 0.0
+    elif case == "ratio02":
+        ratio = 0.2
+    elif case == "constant":
+        pred, pseudo = np.full((5, 5), 2.0), np.full((5, 5), 3.0)
+    elif case == "one_pixel":
+        pred, pseudo = np.array([[1.0]]), np.array([[2.0]])
+    elif case == "outlier_block":
+        pseudo = pred.copy()
+        pseudo[:3, :3] += 5.0  # a wrong pseudo-label patch: exactly what the filter should drop
+    got = filter_dropped(pred.astype(np.float32), pseudo.astype(np.float32), ratio)
+    expected = dropped_reference(pred.astype(np.float32), pseudo.astype(np.float32), ratio)
+    assert got.dtype == bool and got.shape == pred.shape
+    assert got.sum() == expected.sum()
+    assert (got != expected).sum() <= 1  # float32 vs float64 at the threshold
+    if case in ("constant", "one_pixel", "ratio0"):
+        assert not got.any()
+    if case == "outlier_block":
+        assert got[:3, :3].all()

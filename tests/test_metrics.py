@@ -13,6 +13,7 @@ from pseudodepth.metrics import (
     DATASET_RANGES,
     HIGHER_IS_BETTER,
     METRIC_NAMES,
+    abs_rel_map,
     aggregate,
     align_least_squares,
     crop_mask,
@@ -366,3 +367,49 @@ def test_crop_mask_names_and_presets():
         assert crop is None or crop in {"eigen_nyu", "garg", "eigen"}, name
         low, high = DATASET_RANGES[name]
         assert 0 < low < high
+
+
+# ----------------------------------------------------------------------------- per-pixel AbsRel (report error maps)
+
+
+def abs_rel_reference(pred, gt, valid, min_depth, max_depth):
+    mask = valid & np.isfinite(gt) & (gt > 0)
+    out = np.full(gt.shape, np.nan)
+    if not mask.any():
+        return out
+    p, g = pred[mask], gt[mask]
+    a = np.stack([p, np.ones_like(p)], axis=1)
+    (s, t), *_ = np.linalg.lstsq(a, 1 / g, rcond=None)  # min-norm: same s*p+t as the closed form
+    floor = 1 / max_depth if math.isfinite(max_depth) else 1 / g.max()
+    for y, x in zip(*np.nonzero(mask)):
+        disparity = max(s * pred[y, x] + t, floor)
+        depth = min(max(1 / disparity, min_depth), max_depth)
+        out[y, x] = abs(depth - gt[y, x]) / gt[y, x]
+    return out
+
+
+@pytest.mark.parametrize("case", ["random", "one_valid", "nan_inf_gt", "no_valid", "constant_pred", "range"])
+def test_abs_rel_map_matches_reference(case):
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(1, 20, (8, 7))
+    pred = 1 / gt * 2.5 + 0.01 + rng.normal(0, 0.02, gt.shape)
+    valid = rng.random(gt.shape) < 0.8
+    min_depth, max_depth = 1e-3, math.inf
+    if case == "one_valid":
+        valid = np.zeros(gt.shape, bool)
+        valid[3, 4] = True
+    elif case == "nan_inf_gt":
+        gt[0, :3] = [np.nan, np.inf, -1.0]
+        valid[0, :3] = True
+    elif case == "no_valid":
+        valid[:] = False
+    elif case == "constant_pred":
+        pred[:] = 0.7
+    elif case == "range":
+        min_depth, max_depth = 2.0, 10.0
+    got = abs_rel_map(pred, gt, valid, min_depth, max_depth)
+    expected = abs_rel_reference(pred, gt, valid, min_depth, max_depth)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-7, atol=1e-9)
+    if case == "one_valid":
+        assert got[3, 4] == pytest.approx(0, abs=1e-12)

@@ -252,3 +252,49 @@ def test_report_renders_in_chromium(tmp_path):
 def test_screenshot_names_a_missing_page(tmp_path):
     with pytest.raises(FileNotFoundError, match="x.html"):
         rp.screenshot(tmp_path / "x.html", tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------- figures and tables of a run (report.run)
+
+
+def test_metrics_table_of_a_run_with_and_without_a_baseline():
+    from pseudodepth.report.run import metrics_table
+
+    scores = {"teacher": {"a": {"abs_rel": 0.2, "delta1": 0.7}}, "student": {"a": {"abs_rel": 0.15, "delta1": 0.6}},
+              "blind": {"a": {"abs_rel": 0.25, "delta1": 0.0}}}
+    plain = metrics_table(scores, "eval set", "caption")
+    assert plain.header == ["eval set", "metric", "teacher", "student", "student vs teacher"]
+    assert plain.rows == [["`a`", "AbsRel ↓", "0.2000", "**0.1500**", "-25.0%"],
+                          ["`a`", "δ1 ↑", "0.700", "0.600", "-14.3%"]]
+    with_blind = metrics_table(scores, "split", "caption", baseline=("blind", "blind map", "teacher vs blind"))
+    assert with_blind.header == ["split", "metric", "blind map", "teacher", "student", "student vs teacher",
+                                 "teacher vs blind"]
+    assert with_blind.rows[0] == ["`a`", "AbsRel ↓", "0.2500", "0.2000", "**0.1500**", "-25.0%", "-20.0%"]
+    assert with_blind.rows[1][-1] == "n/a"  # a baseline of 0 gives no ratio
+    missing = metrics_table({k: scores[k] for k in ("teacher", "student")}, "s", "c", ("blind", "b", "t vs b"))
+    assert missing.rows[0][2] == "nan" and missing.rows[0][-1] == "n/a"
+
+
+def test_scene_figure_columns_and_views(monkeypatch):
+    import pseudodepth.report.run as run
+
+    depth = np.linspace(1, 10, 28)[:, None] * np.ones((1, 42))
+
+    class Source:  # the depth-source interface scene_views reads
+        min_depth, max_depth = 1e-3, 80.0
+
+        def load(self, i):
+            return np.full((28, 42, 3), 40 * i, np.uint8), depth, np.ones(depth.shape, bool)
+
+    # stand-in models: exact disparity, the student's at twice the scale (equal after the affine alignment)
+    monkeypatch.setattr(run, "predict", lambda model, rgb, size: (1.0 if model == "t" else 2.0) / depth)
+    views = run.scene_views({"teacher": "t", "student": "s"}, Source(), [0, 1], 28, ratio=0.1)
+    assert len(views) == 2 and views[0].dropped.shape == (28, 42) and views[0].dropped.dtype == bool
+    for view in views:
+        np.testing.assert_allclose(view.teacher_error, 0, atol=1e-9)
+        np.testing.assert_allclose(view.student_error, 0, atol=1e-9)
+    assert run.scene_views({"teacher": "t", "student": "s"}, Source(), [0], 28)[0].dropped is None
+    grid = run.scene_figure(views, ["a", "b"], [("teacher error", "teacher_error"), ("dropped", "dropped")])
+    assert grid.dtype == np.uint8 and grid.shape[0] > 2 * 150
+    with pytest.raises(ValueError, match="unknown column"):
+        run.scene_figure(views, ["a", "b"], [("x", "rgb")])

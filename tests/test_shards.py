@@ -167,3 +167,44 @@ def test_sample_key_and_config_entry(export, tmp_path):
     assert isinstance(dataset, ShardDataset) and len(dataset) == 8
     with pytest.raises(ValueError, match="unknown key"):
         make_shard_dataset({"type": "shards", "index": str(export), "crop": 3})
+
+
+def test_confidence_maps_travel_through_the_shards_and_filter_like_the_label_store(tmp_path, tiny_model, export):
+    """Round trip: ``label --confidence`` -> ``shards`` (``KEY.confidence.png``, byte for byte) -> the training
+    stream with ``loss.confidence.min`` drops exactly the pixels the label-store source drops."""
+    from pseudodepth.label import LabelSettings
+    from pseudodepth.shards import decode_confidence
+
+    rng = np.random.default_rng(4)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(imgs / f"{i}.jpg", quality=90)
+    label_folder("da-v2-tiny", imgs, tmp_path / "store", workers=0, model=tiny_model, progress=False,
+                 settings=LabelSettings(input_size=42, confidence="scales"))
+    export_shards(tmp_path / "store", tmp_path / "out", max_count=2)
+    store = LabelStore(tmp_path / "store")
+    rows = {r["source"]: r for r in store.rows(status="ok")}
+    assert json.loads((tmp_path / "out/index.json").read_text())["confidence"] == "scales"
+    for shard in read_index(tmp_path / "out").paths:
+        for key, group in iter_shard(shard):
+            rgb, disparity, meta = decode_sample(key, group, shard)
+            row = rows[meta["source"]]
+            assert group["confidence.png"] == (tmp_path / "store" / row["confidence"]).read_bytes()
+            np.testing.assert_array_equal(decode_confidence(key, group, shard, disparity.shape),
+                                          store.read_confidence(row))
+    threshold = float(np.median(store.read_confidence(store.rows()[0])))
+    reference = DepthDataset(label_store(tmp_path / "store", min_confidence=threshold), crop_size=28, seed=3)
+    streamed = make_shard_dataset({"type": "shards", "index": str(tmp_path / "out/index.json"),
+                                   "min_confidence": threshold, "shuffle_shards": False}, crop_size=28, seed=3)
+    plain = ShardDataset(tmp_path / "out/index.json", crop_size=28, seed=3, shuffle_shards=False)
+    items, unfiltered = list(streamed), list(plain)
+    assert len(items) == len(reference) == 3
+    for i, item in enumerate(items):
+        ref = reference[i]
+        assert torch.equal(item["valid"], ref["valid"]) and 0 < item["valid"].float().mean() < 1
+        torch.testing.assert_close(item["target"], ref["target"], rtol=0, atol=0)
+        assert unfiltered[i]["valid"].sum() > item["valid"].sum()
+    # an export without maps is refused at once when a minimum is asked for
+    with pytest.raises(ShardError, match="no confidence maps.*--confidence"):
+        ShardDataset(export / "index.json", crop_size=28, min_confidence=0.5)

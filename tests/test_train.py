@@ -12,7 +12,8 @@ import torch
 
 from pseudodepth.config import load_config
 from pseudodepth.models import load_model
-from pseudodepth.train import StepBatches, WeightedSources, lr_factor, train
+from pseudodepth.data.sampling import StepBatches, WeightedSources
+from pseudodepth.train import lr_factor, train
 
 from train_helpers import labeled_folder, write_config
 
@@ -202,3 +203,41 @@ def test_tiny_example_configs_train_end_to_end(tmp_path: Path) -> None:
     rows = read_log(student.parent)
     assert int(rows[-1]["step"]) == 60 and float(rows[-1]["loss"]) < float(rows[0]["loss"])
     saved_state_matches(student, torch.load(student.parent / "rank0_weights.pt", weights_only=True))
+
+
+def test_compile_trains_a_student_and_is_left_out_of_the_config_when_off(tmp_path: Path, monkeypatch) -> None:
+    """``train --compile`` (``train.compile: true``): the network and the frozen encoder run compiled, the
+    steps train and the checkpoint is the trained weights. Compiled here with the ``eager`` backend (the
+    real graph capture; inductor's code generation and C++ builds take minutes on this CPU); the real
+    backend's speed is what ``bench/train_throughput.py --compile`` measures."""
+    import torch._dynamo
+
+    from pseudodepth.label import label_folder
+    from pseudodepth.synth import write_domain
+    from pseudodepth.train import main
+
+    calls = []
+    real_compile = torch.compile
+
+    def compile_cheaply(module, **kwargs):
+        calls.append(type(module).__name__)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_cheaply)
+    labeled_folder(tmp_path / "labeled", count=2)
+    write_domain(tmp_path / "unlabeled", "target", 2, 100, (42, 42), with_depth=False)
+    label_folder("da-v2-tiny", tmp_path / "unlabeled" / "images", tmp_path / "labels", workers=0, progress=False)
+    path = write_config(tmp_path / "c.yaml", mode="student", train={"steps": 2, "batch_size": 3},
+                        data={"unlabeled": [{"type": "label_store", "root": "labels"}]},
+                        feature_alignment={"enabled": True})
+    assert "compile" not in load_config(path).to_dict()["train"]  # off: config.yaml as before the key existed
+    try:
+        assert main([str(path), "--compile"]) == 0
+    finally:
+        torch._dynamo.reset()
+    assert calls == ["DepthAndFeatures", "Dinov2Backbone"]
+    rows = read_log(tmp_path / "run")
+    assert len(rows) == 2 and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert load_config(tmp_path / "run" / "config.yaml").train.compile is True
+    start, trained = load_model("da-v2-tiny").state_dict(), load_model(tmp_path / "run" / "final").state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)  # the compiled steps moved the weights

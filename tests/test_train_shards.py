@@ -16,7 +16,8 @@ from pseudodepth.label import label_folder
 from pseudodepth.models import load_model
 from pseudodepth.shards import ShardDataset, ShardError, assign_shards, export_shards
 from pseudodepth.synth import write_domain
-from pseudodepth.train import Dist, ShardBatches, build_unlabeled, train
+from pseudodepth.data.sampling import ShardBatches
+from pseudodepth.train import Dist, build_unlabeled, train
 
 from train_helpers import labeled_folder, write_config
 

@@ -25,30 +25,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 import yaml
 
 from . import report as rp
 from .colorize import colorize
-from .config import ConfigError, config_from_dict, resolve_source
-from .demo import Stages, abs_rel_map, cpu_seconds, deep_merge, filter_dropped
-from .evaluate import EVAL_KEYS, evaluate, parse_data_spec, read_data_spec
+from .config import ConfigError, config_from_dict, deep_merge, resolve_source
+from .evaluate import EVAL_KEYS, parse_data_spec, read_data_spec
 from .hub import licence_of, update_model_card
-from .imageio import read_rgb
-from .infer import predict
 from .interrupt import Interrupted
-from .label import LabelSettings, label_folder
+from .label import LabelSettings
+from .losses import filter_dropped
 from .models import ARCHS, PRESETS, load_encoder_state, load_model, model_info
+from .report import run as run_report
+from .report.run import pseudo_label_rows, scene_figure, scene_views
+from .stages import Stages, cpu_seconds, evaluate_sets, label_images, train_run
 from .store import LabelStore
-from .train import latest_checkpoint, train
+from .checkpoints import latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_RECIPE = CONFIG_DIR / "adapt.yaml"
@@ -242,62 +241,23 @@ def check_student_folder(plan: AdaptPlan, check_paths: bool = False):
 
 def train_student(plan: AdaptPlan) -> tuple[Path, str]:
     """Train (or resume, or reuse) the student; returns (final folder, what happened)."""
-    config = check_student_folder(plan, check_paths=True)
-    saved = config.out_dir / "config.yaml"
-    final = config.out_dir / "final"
-    if saved.is_file() and (final / "pseudodepth.json").is_file():
-        return final, "finished earlier: skipped"
-    checkpoint = latest_checkpoint(config.out_dir)
-    if checkpoint is None:
-        shutil.rmtree(config.out_dir / "final", ignore_errors=True)
-    what = f"resumed from {checkpoint.name}" if checkpoint else "trained"
-    return train(config, resume=True), what
-
-
-def evaluate_sets(plan: AdaptPlan, models: dict[str, torch.nn.Module], progress: bool) -> tuple[dict, list[str]]:
-    """``{model: {set: metrics}}``; a set evaluated earlier (``RUN/eval/<set>/metrics.json``) is read back."""
-    metrics: dict[str, dict] = {name: {} for name in MODELS}
-    skipped = []
-    for name, spec in plan.evals.items():
-        out = plan.out / "eval" / name
-        done = out / "metrics.json"
-        earlier = json.loads(done.read_text()).get("models", {}) if done.is_file() else {}
-        if all(model in earlier for model in MODELS):  # metrics.json is written last, atomically
-            scores = {m: {k: float(v) if isinstance(v, str) else v for k, v in earlier[m].items()} for m in MODELS}
-            skipped.append(name)
-        else:
-            scores = evaluate(models, spec, input_size=plan.input_size, progress=progress, out_dir=out)
-        for model in MODELS:
-            metrics[model][name] = scores[model]
-    return metrics, skipped
+    trained = train_run(check_student_folder(plan, check_paths=True), resume=True)
+    return trained.final, trained.what
 
 
 # --------------------------------------------------------------------------- report
 
 
-def _display(array: np.ndarray, height: int = DISPLAY_HEIGHT, nearest: bool = False) -> np.ndarray:
-    if array.shape[0] <= height:
-        return array
-    width = max(1, round(array.shape[1] * height / array.shape[0]))
-    flags = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-    return cv2.resize(array, (width, height), interpolation=flags)
-
-
 def gallery_figure(plan: AdaptPlan, student: torch.nn.Module, count: int, ratio: float) -> tuple[np.ndarray, int]:
     """Your images: the teacher's pseudo-label, the student's prediction, the pixels the V2 filter drops."""
-    rows, titles, dropped_shares = [], [], []
+    rows, titles = [], []
     per_store = max(1, -(-count // len(plan.images)))
     for name in plan.images:
-        store = LabelStore(plan.out / "labels" / name)
-        for row in store.rows(status="ok")[:per_store]:
-            rgb = read_rgb(store.source_path(row))
-            pseudo = _display(store.read_disparity(row))
-            pred = _display(predict(student, rgb, plan.input_size))
-            small = _display(rgb)
+        for source, small, pseudo, pred in pseudo_label_rows(plan.out / "labels" / name, student, per_store,
+                                                             plan.input_size, DISPLAY_HEIGHT):
             dropped = filter_dropped(pred, pseudo, ratio) if ratio > 0 else np.zeros(pred.shape, bool)
-            dropped_shares.append(float(dropped.mean()))
             rows.append([small, colorize(pseudo), colorize(pred), rp.overlay_mask(small, dropped)])
-            titles.append(f"{name}/{row['source']}"[-28:])
+            titles.append(f"{name}/{source}"[-28:])
     rows, titles = rows[:count], titles[:count]
     columns = ["image", "teacher pseudo-label", "student", f"dropped by the filter ({100 * ratio:g}%)"]
     return rp.image_grid(rows, columns, titles, panel_height=150), len(rows)
@@ -306,30 +266,15 @@ def gallery_figure(plan: AdaptPlan, student: torch.nn.Module, count: int, ratio:
 def eval_figure(spec: str, models: dict[str, torch.nn.Module], count: int, input_size: int) -> np.ndarray:
     """Eval images: ground truth, both models, and their per-pixel AbsRel after least-squares alignment."""
     source = parse_data_spec(spec)
-    rows, titles = [], []
-    for i in range(min(count, len(source))):
-        rgb, depth, valid = source.load(i)
-        preds = {m: predict(models[m], rgb, input_size) for m in MODELS}
-        gt = colorize(np.where(valid, 1.0 / np.maximum(depth, 1e-6), np.nan), valid)
-        errors = [abs_rel_map(preds[m], depth, valid, source.min_depth, source.max_depth) for m in MODELS]
-        rows.append([rgb, gt, colorize(preds["teacher"]), colorize(preds["student"]),
-                     *[rp.heatmap(e, 1.0, np.isfinite(e), invalid_color=(190, 190, 190)) for e in errors]])
-        titles.append(source.samples[i].name[-24:])
-    columns = ["input", "ground truth", "teacher", "student", "teacher error", "student error"]
-    return rp.image_grid(rows, columns, titles, panel_height=150)
+    indices = list(range(min(count, len(source))))
+    return scene_figure(scene_views(models, source, indices, input_size),
+                        [source.samples[i].name[-24:] for i in indices],
+                        [("teacher error", "teacher_error"), ("student error", "student_error")])
 
 
 def metrics_table(metrics: dict) -> rp.Table:
-    rows = []
-    for name in metrics["teacher"]:
-        for metric, arrow, fmt in (("abs_rel", "AbsRel ↓", ".4f"), ("delta1", "δ1 ↑", ".3f")):
-            t, s = metrics["teacher"][name][metric], metrics["student"][name][metric]
-            better = s < t if metric == "abs_rel" else s > t
-            cell = format(s, fmt)
-            rows.append([f"`{name}`", arrow, format(t, fmt), f"**{cell}**" if better else cell,
-                         f"{100 * (s / t - 1):+.1f}%" if t else "n/a"])
-    return rp.Table(["eval set", "metric", "teacher", "student", "student vs teacher"], rows,
-                    "Least-squares scale and shift in disparity space per image, then metrics in depth; mean over images.")
+    return run_report.metrics_table(metrics, "eval set", "Least-squares scale and shift in disparity space per "
+                                                         "image, then metrics in depth; mean over images.")
 
 
 def recipe_table(plan: AdaptPlan) -> rp.Table:
@@ -434,12 +379,9 @@ def adapt(teacher: str, images: list[str], out: str | os.PathLike, *, student: s
         with stages("label", f"pseudo-labelling {', '.join(map(str, plan.images.values()))} with {teacher}"):
             settings = LabelSettings(input_size=plan.input_size, precision=label["precision"])
             for name, folder in plan.images.items():
-                report = label_folder(teacher, folder, plan.out / "labels" / name, batch_size=label["batch_size"],
-                                      workers=label["workers"], settings=settings, device=device,
+                report = label_images(teacher, folder, plan.out / "labels" / name, settings,
+                                      batch_size=label["batch_size"], workers=label["workers"], device=device,
                                       model=teacher_model, progress=progress)
-                if report.ok + report.skipped == 0:
-                    raise RuntimeError(f"{folder}: no image could be labelled ({report.failures[:3]}); "
-                                       "give a folder of images")
                 summary["label"][name] = report.summary()
                 stages.say(f"  {name}: {report.summary()}")
         current = "student"
@@ -450,7 +392,8 @@ def adapt(teacher: str, images: list[str], out: str | os.PathLike, *, student: s
         current = "eval"
         models = {"teacher": teacher_model, "student": load_model(final, device=device)}
         with stages("eval", f"teacher and student on {len(plan.evals)} eval set(s)"):
-            metrics, skipped = evaluate_sets(plan, models, progress)
+            metrics, skipped = evaluate_sets(models, plan.evals, plan.input_size, plan.out / "eval", progress,
+                                             reuse=True)
             (plan.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             summary["eval_skipped"] = skipped
         current = "report"

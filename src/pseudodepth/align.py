@@ -22,6 +22,12 @@ a depth teacher), fit ``y ~ s p + t`` with ``s > 0``:
 4. refinement: ``tau`` is recomputed from the refitted residuals' MAD, inliers reselected and
    refitted, until the inlier set stops changing (at most ``refine_steps`` times).
 
+The threshold never falls below ``rel_floor * median |y|`` (default 1e-4: 0.1 mm at 1 m, far below any
+LiDAR's or SfM's precision). Without that floor, exact sparse depth (synthetic points, depth rendered
+from the same model) puts ``tau`` at the float32 rounding noise of the prediction, and which true inliers
+survive then depends on that noise: a prediction computed with another thread count (a 1-CPU Ray actor
+vs a 2-thread local process) kept 63 instead of 69 of the same points.
+
 The fit fails (a ``failed`` row in the store, with this reason) when fewer than ``min_points`` valid
 points exist, when no pair gives a positive scale, when fewer than half of the points are inliers,
 or when the inliers' least-squares scale is not positive. Like every median-based estimator it
@@ -77,18 +83,21 @@ class AlignSettings:
     refine_steps: int = 10
     max_depth: float | None = None  # aligned depth beyond this is invalid (0 in the label)
     seed: int = 0
+    rel_floor: float = 1e-4  # residuals below rel_floor * median |y| count as exact (module docstring)
 
     def as_dict(self) -> dict:
         return {"sparse_root": str(Path(self.sparse_root).resolve()), "png_scale": self.png_scale,
                 "min_points": self.min_points, "n_trials": self.n_trials, "mad_k": self.mad_k,
-                "refine_steps": self.refine_steps, "max_depth": self.max_depth, "seed": self.seed}
+                "refine_steps": self.refine_steps, "max_depth": self.max_depth, "seed": self.seed,
+                "rel_floor": self.rel_floor}
 
     def check(self) -> None:
         if not Path(self.sparse_root).is_dir():
             raise FileNotFoundError(f"{self.sparse_root}: --align-to must be a folder of sparse depth files "
                                     f"({', '.join(SPARSE_EXTENSIONS)}) named like the images")
-        if self.png_scale <= 0 or self.min_points < 2 or self.n_trials < 1 or self.mad_k <= 0:
-            raise ValueError("alignment settings need png_scale > 0, min_points >= 2, n_trials >= 1, mad_k > 0")
+        if self.png_scale <= 0 or self.min_points < 2 or self.n_trials < 1 or self.mad_k <= 0 or self.rel_floor < 0:
+            raise ValueError("alignment settings need png_scale > 0, min_points >= 2, n_trials >= 1, mad_k > 0, "
+                             "rel_floor >= 0")
         if self.max_depth is not None and self.max_depth <= 0:
             raise ValueError(f"--align-max-depth must be > 0, got {self.max_depth}")
 
@@ -201,7 +210,7 @@ def _threshold(residuals: np.ndarray, k: float, floor: float) -> float:
 
 
 def ransac_scale_shift(pred: np.ndarray, target: np.ndarray, *, n_trials: int = 200, mad_k: float = 3.0,
-                       refine_steps: int = 10, min_points: int = 10, seed: int = 0) -> Fit:
+                       refine_steps: int = 10, min_points: int = 10, seed: int = 0, rel_floor: float = 1e-4) -> Fit:
     """Robust ``target ~ scale * pred + shift`` with ``scale > 0`` (module docstring, steps 1-4).
 
     Raises :class:`AlignError` with a one-line reason when no such fit is supported by the points.
@@ -228,7 +237,7 @@ def ransac_scale_shift(pred: np.ndarray, target: np.ndarray, *, n_trials: int = 
     subset = rng.choice(n, SCORE_POINTS, replace=False) if n > SCORE_POINTS else slice(None)
     ps, ys = p[subset], y[subset]
     residuals = np.abs(ys[None, :] - (scales[:, None] * ps[None, :] + shifts[:, None]))  # trials x points
-    floor = 1e-9 * max(float(np.median(np.abs(y))), 1e-12)
+    floor = max(rel_floor, 1e-9) * max(float(np.median(np.abs(y))), 1e-12)  # below it: float32 rounding
     lmeds = int(np.argmin(np.median(residuals, axis=1)))
     tau = _threshold(ys - (scales[lmeds] * ps + shifts[lmeds]), mad_k, floor)
     counts = (residuals <= tau).sum(axis=1)
@@ -272,7 +281,8 @@ def align_prediction(prediction: np.ndarray, points: np.ndarray, space: str, set
     else:
         raise ValueError(f"unknown prediction space {space!r}; use 'disparity' or 'depth'")
     fit = ransac_scale_shift(pred[v, u], target, n_trials=settings.n_trials, mad_k=settings.mad_k,
-                             refine_steps=settings.refine_steps, min_points=settings.min_points, seed=settings.seed)
+                             refine_steps=settings.refine_steps, min_points=settings.min_points, seed=settings.seed,
+                             rel_floor=settings.rel_floor)
     aligned = fit.scale * pred + fit.shift
     with np.errstate(divide="ignore", invalid="ignore"):
         depth = np.where(aligned > 0, 1.0 / aligned, 0.0) if space == "disparity" else np.maximum(aligned, 0.0)

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from .colorize import colorize
-from .imageio import list_files, write_png
+from .imageio import list_images, write_png
 from .infer import predict
 from .models import load_model
 from .store import encode_label
@@ -45,12 +45,8 @@ def run_models(run: str | os.PathLike) -> tuple[dict[str, str], list[Path], int]
     info = recipe.get("run") or {}
     examples = []
     for folder in (info.get("images") or {}).values():
-        examples += [Path(folder) / rel for rel in list_files(folder) if _is_image(rel)][:EXAMPLES - len(examples)]
+        examples += [Path(folder) / rel for rel in list_images(folder)[0]][:EXAMPLES - len(examples)]
     return {"teacher": str(info["teacher"]), "student": str(final)}, examples, int(recipe.get("input_size", 518))
-
-
-def _is_image(name: str) -> bool:
-    return Path(name).suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def _safe(name: str) -> str:

@@ -43,11 +43,29 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
     written, errors = predict_files(a.model, a.images, a.out, raw=a.raw, input_size=a.input_size,
                                     precision=a.precision, tta=a.tta, device=a.device, version=a.version,
-                                    max_depth=a.model_max_depth)
+                                    max_depth=a.model_max_depth, focal=_focal(a))
     for e in errors:
         print(f"skipped {e}", file=sys.stderr)
     print(f"wrote {len(written)} files to {a.out}" + (f"; {len(errors)} images skipped" if errors else ""))
     return 1 if errors and not written else 0
+
+
+def _focal(a: argparse.Namespace):
+    """--focal-px / --intrinsics -> :class:`pseudodepth.da3.FocalSettings` (None when neither is given)."""
+    from .da3 import FocalSettings
+
+    if a.focal_px is None and a.intrinsics is None:
+        return None
+    return FocalSettings(a.focal_px, a.intrinsics)
+
+
+def _focal_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--focal-px", type=float, default=None, metavar="PIXELS",
+                   help="DA3METRIC: focal length in pixels of the images as given (fx = fy); metres = focal * "
+                   "output / 300 at the network size (required for DA3METRIC unless --intrinsics or --align-to)")
+    p.add_argument("--intrinsics", default=None, metavar="CSV",
+                   help="DA3METRIC: per-image focal lengths, lines image,fx[,fy] (image: the path relative to "
+                   "--images for label, the file name for predict)")
 
 
 def cmd_label(a: argparse.Namespace) -> int:
@@ -60,7 +78,8 @@ def cmd_label(a: argparse.Namespace) -> int:
                               max_depth=a.align_max_depth)
     settings = LabelSettings(a.input_size, a.precision, a.tta, keep_aspect=not a.square,
                              max_depth=a.model_max_depth, align=align,
-                             reduced_decode=a.reduced_decode, max_pixels=a.max_pixels, confidence=a.confidence)
+                             reduced_decode=a.reduced_decode, max_pixels=a.max_pixels, confidence=a.confidence,
+                             focal=_focal(a))
     if a.engine == "ray":
         from .label_ray import label_folder_ray
 
@@ -107,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files")
     _model_args(p)
     p.add_argument("--out", default="depth_out", help="output folder")
-    p.add_argument("--raw", action="store_true", help="also write float32 disparity .npy at the input's size")
+    p.add_argument("--raw", action="store_true", help="also write float32 disparity .npy at the input's size "
+                   "(metres for a metric model)")
+    _focal_args(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("label", help="pseudo-label an image folder into a resumable label store")
@@ -118,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode/resize worker processes")
     p.add_argument("--square", action="store_true", help="resize to a fixed input-size square (one batch shape)")
     p.add_argument("--overwrite", action="store_true", help="relabel a store made by another teacher")
-    p.add_argument("--confidence", choices=["flip"], default=None,
-                   help="also store a per-pixel confidence map per label: agreement of the prediction and the "
-                   "prediction of the flipped image after least-squares alignment")
+    p.add_argument("--confidence", choices=["flip", "scales"], default=None,
+                   help="also store a per-pixel confidence map per label: agreement, after least-squares alignment, "
+                   "of the prediction with that of the flipped image (flip) or at 1.5x the input size (scales)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"images with more pixels become failed rows without being decoded (default {DEFAULT_MAX_PIXELS:,}, "
                    "Pillow's decompression-bomb limit)")
@@ -134,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels differ slightly from the official preprocessing (see README)")
     p.add_argument("--resize-on", choices=["worker", "device"], default=None,
                    help="resize in the decode workers (official float64, default on CPU) or on the model's "
-                        "device (default on a GPU)")
+                        "device (default on a GPU; V1/V2 teachers only, DA3 resizes in the workers)")
     p.add_argument("--writer-threads", type=int, default=None,
                    help="threads that upsample, encode and write labels (default: half the CPUs, at most 8)")
     p.add_argument("--align-to", default=None, metavar="SPARSE",
@@ -147,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--align-to: images with fewer valid sparse points become failed rows")
     p.add_argument("--align-max-depth", type=float, default=None, metavar="METRES",
                    help="--align-to: aligned depth beyond this is stored as invalid (0)")
+    _focal_args(p)
     p.set_defaults(func=cmd_label)
 
     from .adapt import add_adapt_parser

@@ -1,8 +1,18 @@
 """Per-pixel confidence of a pseudo-label: agreement of two predictions of the same image.
 
-``flip`` (``pseudodepth label --confidence flip``): ``a`` = the teacher's disparity of the image,
-``b`` = its disparity of the horizontally flipped image, flipped back. Per image, over the pixels
-where both are finite:
+Two ways to get the second prediction ``b`` of an image whose prediction is ``a`` (the teacher's
+disparity at the network input size, with ``--tta flip`` if asked):
+
+- ``flip`` (``pseudodepth label --confidence flip``): ``b`` = the disparity of the horizontally
+  flipped image, flipped back (``a`` without TTA; the label is the flip average with ``--tta flip``);
+- ``scales`` (``--confidence scales``): ``b`` = the disparity of the same image prepared at the
+  second input size :func:`second_input_size` (1.5 x the input size, to the nearest multiple of 14,
+  ties up: 518 -> 784, DA3's 504 -> 756) by the same preprocessing from the source pixels, resized to
+  ``a``'s network resolution with the project's bilinear resize of predictions
+  (:func:`pseudodepth.preprocess.upsample`, the model's ``align_corners``); the same ``--tta`` is
+  applied to both. The label is ``a``.
+
+Then per image, over the pixels where both are finite:
 
 1. least-squares alignment of ``b`` to ``a``: ``(s, t) = argmin sum (s * b + t - a)^2``
    (:func:`pseudodepth.metrics.fit_scale_shift`), so only the *relative* depth has to agree;
@@ -20,13 +30,30 @@ column. Training drops pseudo-labeled pixels below ``loss.confidence.min`` befor
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
-METHODS = ("flip",)
-FORMULA = ("confidence = exp(-|a - (s * b + t)| / mean|a - median(a)|); a = prediction, b = prediction of the "
-           "flipped image flipped back, (s, t) = least squares of s * b + t onto a; 0 where either is not finite")
+from .preprocess import PATCH
+
+METHODS = ("flip", "scales")
+SCALE_FACTOR = 1.5
+_AGREEMENT = ("confidence = exp(-|a - (s * b + t)| / mean|a - median(a)|); (s, t) = least squares of s * b + t "
+              "onto a; 0 where either is not finite; a = prediction")
+FORMULAS = {
+    "flip": _AGREEMENT + ", b = prediction of the flipped image flipped back",
+    "scales": _AGREEMENT + f" at the input size, b = prediction at {SCALE_FACTOR:g} x the input size (nearest "
+              "multiple of 14, ties up) resized bilinearly to a's resolution",
+}
+FORMULA = FORMULAS["flip"]
 PNG_MAX = 65535
+
+
+def second_input_size(input_size: int) -> int:
+    """The ``scales`` method's second input size: ``SCALE_FACTOR * input_size`` to the nearest multiple of 14
+    (ties up), at least 14."""
+    return max(PATCH, int(math.floor(SCALE_FACTOR * input_size / PATCH + 0.5)) * PATCH)
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

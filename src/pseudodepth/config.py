@@ -21,7 +21,8 @@ Sections and their defaults (the Depth Anything V2 recipe)::
     optim: {encoder_lr: 5.0e-6, decoder_lr_mult: 10, weight_decay: 0.01, betas: [0.9, 0.999],
             schedule: poly, warmup_steps: 0, power: 0.9, grad_clip: 1.0}
     train: {steps: 20000, batch_size: 12, labeled_ratio: [1, 2], crop_size: 518, precision: fp32,
-            seed: 0, workers: 4, log_every: 10, save_every: 1000, out: runs/train, device: auto}
+            seed: 0, workers: 4, log_every: 10, save_every: 1000, out: runs/train, device: auto,
+            compile: false}
 
 ``mode: metric`` fine-tunes metric depth like V2's ``metric_depth/train.py``: the SiLog loss
 (``silog_lambda``) on depth in metres over ``min_depth <= depth <= model.max_depth``, a head ending
@@ -44,6 +45,7 @@ weight would need sampling inside tar files. To train on several stores, export 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -109,8 +111,8 @@ class LossConfig:
     drop_top_ratio: float = 0.1
     edge_aware: bool = False
     output_anchor: float = 1.0
-    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip`) is below X are
-    # dropped before the top-n% filter (label-store sources only)
+    # {min: X}: pseudo-labeled pixels whose stored confidence (`label --confidence flip|scales`) is below X are
+    # dropped before the top-n% filter (label stores, and shard exports of them)
     confidence: dict | None = None
     silog_lambda: float = 0.5  # mode metric: SiLog variance focus (official 0.5)
     min_depth: float = 0.001  # mode metric: pixels nearer than this are not trained on (official 1e-3)
@@ -178,6 +180,7 @@ class TrainSection:
     save_every: int = 1000
     out: str = "runs/train"
     device: str = "auto"
+    compile: bool = False  # torch.compile the network (and the frozen encoder); left out of to_dict() when off
     debug_dump_weights: bool = False  # tests: every rank writes rank{r}_weights.pt and rank{r}_samples.txt
 
 
@@ -206,6 +209,8 @@ class TrainConfig:
         frozen = data["feature_alignment"]["frozen"]
         data["feature_alignment"]["frozen"] = resolve_model(frozen, self.base_dir)
         data["train"]["out"] = str(self.out_dir)
+        if not data["train"].get("compile"):  # off: runs saved before the key existed keep the same config.yaml
+            data["train"].pop("compile", None)
         return data
 
     @property
@@ -221,6 +226,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base``: nested mappings merge key by key, anything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 # ----------------------------------------------------------------------------- paths
@@ -393,8 +409,8 @@ def validate(config: TrainConfig, file: Path, check_paths: bool = True) -> Train
         _require(isinstance(loss.confidence, dict) and set(loss.confidence) == {"min"}
                  and isinstance(minimum, (int, float)) and 0 <= minimum <= 1, file, "loss.confidence",
                  f"must be {{min: X}} with 0 <= X <= 1, got {loss.confidence!r}")
-        _require(all(isinstance(s, dict) and s.get("type") == "label_store" for s in config.data.unlabeled), file,
-                 "loss.confidence", "needs label-store sources in data.unlabeled (shard exports carry no confidence)")
+        _require(all(isinstance(s, dict) and s.get("type") in ("label_store", "shards") for s in config.data.unlabeled),
+                 file, "loss.confidence", "needs label-store or shard sources in data.unlabeled (their confidence maps)")
     _require(-1 <= fa.margin <= 1, file, "feature_alignment.margin", f"is a cosine in [-1, 1], got {fa.margin}")
     _require(t.crop_size % PATCH_SIZE == 0, file, "train.crop_size",
              f"must be a multiple of {PATCH_SIZE} (the ViT patch size), got {t.crop_size}")

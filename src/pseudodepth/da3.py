@@ -24,15 +24,26 @@ Preprocessing (official ``InputProcessor``, ``upper_bound_resize`` at 504): long
 multiple of 14 by a second resize, ImageNet mean/std (:func:`pseudodepth.preprocess.prepare_da3`).
 
 The project's convention downstream (:mod:`pseudodepth.infer`): disparity = 1 / depth, sky pixels
-invalid (NaN). DA3METRIC: metres = focal_px x output / 300 (:func:`metric_depth`).
+invalid (NaN). DA3METRIC: metres = focal_px x output / 300 (:func:`metric_depth`), ``focal_px`` the
+focal length in pixels of the network-input image (the official ``apply_metric_scaling``: the mean of
+fx and fy of the intrinsics of the processed image). A user knows the focal length of the image as
+given (:class:`FocalSettings`: ``--focal-px`` or a per-image ``--intrinsics`` CSV); the network input
+is that image resized by ``net_w / w`` and ``net_h / h``, so ``focal_net = (fx net_w / w + fy net_h / h) / 2``
+(:func:`network_focal`). Without a focal length DA3METRIC's output has no metric scale, and ``predict``
+and ``label`` refuse it (:func:`check_focal`).
 The any-view models (DA3-Small/Base/Large/Giant, Nested: camera tokens, RoPE, QK-norm, DualDPT)
 are refused.
 """
 
 from __future__ import annotations
 
+import csv
+import functools
+import hashlib
 import json
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -225,3 +236,110 @@ def to_disparity(depth: torch.Tensor, sky: torch.Tensor | None) -> torch.Tensor:
 def metric_depth(output: torch.Tensor, focal_px: float) -> torch.Tensor:
     """DA3METRIC output -> metres: ``focal_px * output / 300`` (focal of the network-input image, pixels)."""
     return output * (float(focal_px) / METRIC_FOCAL_SCALE)
+
+
+# ----------------------------------------------------------------------------- DA3METRIC's focal length
+
+
+class FocalError(ValueError):
+    """An image whose focal length is not known (the row's or the command's one-line reason)."""
+
+
+@dataclass(frozen=True)
+class FocalSettings:
+    """The focal length that gives DA3METRIC its metres: one for every image, or per image from a CSV.
+
+    ``focal_px``: fx = fy in pixels of the images as given (after EXIF orientation), ``--focal-px``.
+    ``intrinsics``: a CSV file of ``image,fx[,fy]`` lines (``--intrinsics``), ``image`` the path relative
+    to the image folder (``label``) or the file's name / path as given (``predict``); a first line that is
+    not numbers is a header. Part of the teacher fingerprint.
+    """
+
+    focal_px: float | None = None
+    intrinsics: str | None = None
+
+    def check(self) -> None:
+        if (self.focal_px is None) == (self.intrinsics is None):
+            raise ValueError("give the focal length once: --focal-px F or --intrinsics FILE, not both")
+        if self.focal_px is not None and not (self.focal_px > 0 and self.focal_px < float("inf")):
+            raise ValueError(f"--focal-px must be a positive number of pixels, got {self.focal_px}")
+        if self.intrinsics is not None:
+            _read_intrinsics(str(Path(self.intrinsics).resolve()))
+
+    def as_dict(self) -> dict:
+        if self.focal_px is not None:
+            return {"focal_px": float(self.focal_px)}
+        path = Path(self.intrinsics).resolve()
+        return {"intrinsics": str(path), "intrinsics_sha256": _sha256(path)}
+
+    def for_image(self, *names: str) -> tuple[float, float]:
+        """(fx, fy) in pixels of the image known under any of ``names``; :class:`FocalError` if none is listed."""
+        if self.focal_px is not None:
+            return float(self.focal_px), float(self.focal_px)
+        table = _read_intrinsics(str(Path(self.intrinsics).resolve()))
+        for name in names:
+            if name in table:
+                return table[name]
+        raise FocalError(f"no focal length for this image in {self.intrinsics} (looked up as "
+                         f"{', '.join(repr(n) for n in dict.fromkeys(names))})")
+
+    def describe(self) -> str:
+        return f"--focal-px {self.focal_px:g}" if self.focal_px is not None else f"--intrinsics {self.intrinsics}"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=4)
+def _read_intrinsics(path: str) -> dict[str, tuple[float, float]]:
+    """``image,fx[,fy]`` lines -> {image: (fx, fy)}; one-line errors naming the file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: --intrinsics must be a CSV file of image,fx[,fy] lines")
+    table = {}
+    with open(path, newline="") as f:
+        for number, line in enumerate(csv.reader(f), start=1):
+            if not line or not "".join(line).strip():
+                continue
+            try:
+                values = [float(x) for x in line[1:]]
+            except ValueError:
+                if number == 1:
+                    continue  # header
+                raise ValueError(f"{path}:{number}: expected image,fx[,fy] with numbers, got {','.join(line)!r}") from None
+            if len(values) not in (1, 2) or not all(0 < v < float("inf") for v in values):
+                raise ValueError(f"{path}:{number}: expected image,fx[,fy] with positive focal lengths in pixels, "
+                                 f"got {','.join(line)!r}")
+            table[line[0].strip()] = (values[0], values[-1])
+    if not table:
+        raise ValueError(f"{path}: no image,fx[,fy] lines")
+    return table
+
+
+def network_focal(fx: float, fy: float, image_size: tuple[int, int], network_size: tuple[int, int]) -> float:
+    """Focal length in pixels of the network input: ``(fx net_w / w + fy net_h / h) / 2``.
+
+    ``image_size`` and ``network_size`` are (height, width); the mean of fx and fy is the official
+    ``apply_metric_scaling``'s focal."""
+    (h, w), (nh, nw) = image_size, network_size
+    return 0.5 * (fx * nw / w + fy * nh / h)
+
+
+def metres_from_disparity(disparity: torch.Tensor, focal_net: float) -> torch.Tensor:
+    """DA3METRIC in the project's convention (disparity = 1 / output, NaN on sky) -> metres, NaN on sky."""
+    return metric_depth(1.0 / disparity.float(), focal_net)
+
+
+def check_focal(version: str, spec, focal: FocalSettings | None, aligned: bool = False) -> None:
+    """Refuse, in one line, a DA3METRIC teacher without a metric scale and a focal length without DA3METRIC."""
+    if version == "da3metric" and focal is None and not aligned:
+        raise ValueError(f"{spec}: DA3METRIC gives metres only with the focal length of the images (metres = focal "
+                         "* output / 300): pass --focal-px F or --intrinsics FILE (pixels of the images as given), "
+                         "or --align-to SPARSE; for relative depth use DA3MONO-LARGE")
+    if focal is not None and version != "da3metric":
+        raise ValueError(f"{focal.describe()} applies only to a DA3METRIC teacher (metres = focal * output / 300); "
+                         f"{spec} is a {version} model")
+    if focal is not None and aligned:
+        raise ValueError(f"{focal.describe()} and --align-to both set the metric scale; use one of them")
+    if focal is not None:
+        focal.check()

@@ -28,12 +28,9 @@ and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_studen
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import sys
 import time
@@ -47,25 +44,22 @@ import yaml
 
 from . import ablation
 from . import report as rp
+from .ablation import run_ablation
 from .baselines import BlindMap
 from .colorize import colorize
-from .config import config_from_dict
+from .config import config_from_dict, deep_merge
 from .data.sources import folder as folder_source
-from .evaluate import evaluate
-from .imageio import IMAGE_EXTENSIONS, read_rgb
+from .imageio import is_image_name
 from .infer import predict
-from .label import LabelSettings, label_folder
-from .losses import pseudo_label_terms
-from .metrics import align_least_squares
+from .label import LabelSettings
 from .models import load_model
-from .store import LabelStore
-from .ablation import run_ablation
+from .report import run as run_report
+from .report.run import ERROR_SCALE, SceneViews, pseudo_label_rows, scene_figure, scene_views
+from .stages import Stages, Trained, cpu_seconds, evaluate_sets, label_images, train_run
 from .synth import make_demo_data
-from .train import latest_checkpoint, train
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
-ERROR_SCALE = 1.0  # per-pixel AbsRel at the top of the error colour scale
 MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
@@ -73,17 +67,6 @@ QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figu
 
 
 # --------------------------------------------------------------------------- settings
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """``override`` on top of ``base``: nested mappings merge key by key, anything else (lists too) replaces."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 @dataclass
@@ -166,38 +149,6 @@ def default_photos() -> Path | None:
     return next((p for p in candidates if p.is_dir()), None)
 
 
-# --------------------------------------------------------------------------- progress
-
-
-class Stages:
-    """Announces numbered stages on stderr and records each one's wall time in ``seconds``."""
-
-    def __init__(self, total: int, progress: bool = True) -> None:
-        self.total, self.progress, self.done = total, progress, 0
-        self.seconds: dict[str, float] = {}
-        self.start = time.perf_counter()
-
-    def say(self, text: str) -> None:
-        if self.progress:
-            print(text, file=sys.stderr, flush=True)
-
-    @contextlib.contextmanager
-    def __call__(self, name: str, what: str):
-        self.done += 1
-        self.say(f"[{self.done}/{self.total}] {name}: {what}")
-        tic = time.perf_counter()
-        yield
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - tic
-        self.say(f"[{self.done}/{self.total}] {name}: done in {time.perf_counter() - tic:.1f} s "
-                 f"(total {time.perf_counter() - self.start:.0f} s)")
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its finished child processes (render and data-loader workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
 # --------------------------------------------------------------------------- stages
 
 
@@ -216,40 +167,12 @@ def generate_data(out: Path, data: dict) -> dict[str, Path]:
     return folders
 
 
-@dataclass(frozen=True)
-class Trained:
-    """A model a stage produced: its folder, and whether it was trained in this run (False: reused)."""
-
-    final: Path
-    fresh: bool
-
-
-def finished_run(out_dir: Path, config_yaml: str) -> Path | None:
-    """``out_dir/final`` when ``out_dir`` holds a finished training run of exactly ``config_yaml``."""
-    final, meta = out_dir / "final", out_dir / "final" / "pseudodepth.json"  # written last by save_checkpoint
-    saved = out_dir / "config.yaml"
-    if meta.is_file() and saved.is_file() and saved.read_text() == config_yaml:
-        return final
-    return None
-
-
 def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: str = "recipe",
                  resume: bool = False) -> Trained:
-    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top.
-
-    Without ``resume`` an earlier run in the same folder is removed and training starts from scratch.
-    With ``resume`` a finished run of the same configuration is reused as it is (``fresh=False``), and an
-    interrupted one (same configuration, a checkpoint saved, e.g. at Ctrl-C) continues from its newest
-    checkpoint instead of starting again."""
-    config = config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name)
-    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    if resume and (final := finished_run(config.out_dir, config_yaml)):
-        return Trained(final, fresh=False)
-    saved = config.out_dir / "config.yaml"
-    if resume and latest_checkpoint(config.out_dir) is not None and saved.is_file() and saved.read_text() == config_yaml:
-        return Trained(train(config, resume=True), fresh=True)
-    shutil.rmtree(config.out_dir, ignore_errors=True)
-    return Trained(train(config), fresh=True)
+    """Train ``recipe`` (training YAML data, paths relative to ``out``) with ``overrides`` merged on top, as
+    :func:`pseudodepth.stages.train_run` does (``resume``: reuse a finished run of the same configuration,
+    continue an interrupted one from its checkpoint)."""
+    return train_run(config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name), resume=resume)
 
 
 def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSettings, progress: bool) -> str:
@@ -257,77 +180,20 @@ def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSett
 
     A teacher trained in this run relabels everything; a reused one continues the store (labels
     already written are kept, see :func:`pseudodepth.label.label_folder`)."""
-    report = label_folder(str(teacher.final), images, store, batch_size=settings.label_batch_size, workers=1,
-                          settings=LabelSettings(input_size=settings.input_size), overwrite=teacher.fresh,
-                          progress=progress)
-    if report.ok + report.skipped == 0:
-        raise RuntimeError(f"{store}: no image of {images} could be labelled: {report.failures[:3]}")
+    report = label_images(str(teacher.final), images, store, LabelSettings(input_size=settings.input_size),
+                          batch_size=settings.label_batch_size, workers=1, overwrite=teacher.fresh, progress=progress)
     return report.summary() + (f" ({'; '.join(report.failures)})" if report.failures else "")
 
 
 def evaluate_models(models: dict[str, Any], data: Path, settings: DemoSettings, out: Path | None,
                     progress: bool, extra_splits: tuple[str, ...] = ()) -> dict[str, dict[str, dict[str, float]]]:
     """``{model: {split: metrics}}`` on ``data/<split>`` for the test splits and ``extra_splits``
-    (``out/<split>/`` files)."""
-    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
-    for split in (*TEST_SPLITS, *extra_splits):
-        scores = evaluate(models, f"folder:{data / split}", input_size=settings.input_size, progress=progress,
-                          out_dir=None if out is None else out / split)
-        for name in models:
-            results[name][split] = scores[name]
-    return results
+    (``out/<split>/`` files), by :func:`pseudodepth.stages.evaluate_sets`."""
+    sets = {split: f"folder:{data / split}" for split in (*TEST_SPLITS, *extra_splits)}
+    return evaluate_sets(models, sets, settings.input_size, out, progress)[0]
 
 
 # --------------------------------------------------------------------------- per-pixel views
-
-
-def abs_rel_map(pred_disparity: np.ndarray, gt_depth: np.ndarray, valid: np.ndarray,
-                min_depth: float, max_depth: float) -> np.ndarray:
-    """Per-pixel AbsRel ``|d - g| / g`` of a prediction after the evaluation's least-squares alignment
-    (:func:`pseudodepth.metrics.align_least_squares`, disparity space); NaN outside ``valid``."""
-    valid = np.asarray(valid, dtype=bool) & np.isfinite(gt_depth) & (gt_depth > 0)
-    if not valid.any():
-        return np.full(gt_depth.shape, np.nan)
-    depth = align_least_squares(pred_disparity, gt_depth, valid, "disparity", min_depth=min_depth,
-                                max_depth=max_depth)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(valid, np.abs(depth - gt_depth) / gt_depth, np.nan)
-
-
-def filter_dropped(pred: np.ndarray, pseudo: np.ndarray, ratio: float) -> np.ndarray:
-    """Pixels the V2 filter drops when ``pred`` is trained on the pseudo-label ``pseudo`` (H x W disparities):
-    the ``ratio`` largest of the per-pixel SSI losses ``|pred_hat - pseudo_hat|``
-    (:func:`pseudodepth.losses.pseudo_label_terms`, every pixel valid as for a pseudo-label)."""
-    pred_t = torch.as_tensor(np.asarray(pred, dtype=np.float32))[None]
-    pseudo_t = torch.as_tensor(np.asarray(pseudo, dtype=np.float32))[None]
-    terms = pseudo_label_terms(pred_t, pseudo_t, torch.ones_like(pred_t, dtype=torch.bool), drop_ratio=ratio)
-    return ~terms.keep[0].numpy()
-
-
-@dataclass
-class SceneViews:
-    """Predictions on one labeled test image and what the figures and filter statistics need."""
-
-    rgb: np.ndarray
-    depth: np.ndarray
-    valid: np.ndarray
-    teacher: np.ndarray
-    student: np.ndarray
-    teacher_error: np.ndarray  # per-pixel AbsRel, NaN where the ground truth is invalid
-    dropped: np.ndarray  # pixels the filter drops (student on the teacher's pseudo-label)
-
-
-def scene_views(models: dict[str, torch.nn.Module], split_dir: Path, indices: list[int], input_size: int,
-               ratio: float) -> list[SceneViews]:
-    source = folder_source(split_dir)
-    views = []
-    for i in indices:
-        rgb, depth, valid = source.load(i)
-        teacher = predict(models["teacher"], rgb, input_size)
-        student = predict(models["student"], rgb, input_size)
-        error = abs_rel_map(teacher, depth, valid, source.min_depth, source.max_depth)
-        views.append(SceneViews(rgb, depth, valid, teacher, student, error, filter_dropped(student, teacher, ratio)))
-    return views
 
 
 def zero_output_share(model: torch.nn.Module, split_dir: Path, input_size: int, count: int = 20) -> float:
@@ -360,31 +226,13 @@ def filter_overlap(views: list[SceneViews], ratio: float) -> float:
 # --------------------------------------------------------------------------- figures
 
 
-def _gt_panel(view: SceneViews) -> np.ndarray:
-    disparity = np.where(view.valid, 1.0 / np.maximum(view.depth, 1e-6), np.nan)
-    return colorize(disparity, view.valid)
-
-
-def comparison_figure(views: list[SceneViews], titles: list[str]) -> np.ndarray:
-    columns = ["input", "ground truth", "teacher", "student", "teacher error (AbsRel)", "dropped by the filter"]
-    rows = [[v.rgb, _gt_panel(v), colorize(v.teacher), colorize(v.student),
-             rp.heatmap(v.teacher_error, ERROR_SCALE, np.isfinite(v.teacher_error), invalid_color=(190, 190, 190)), rp.overlay_mask(v.rgb, v.dropped)]
-            for v in views]
-    return rp.image_grid(rows, columns, titles, panel_height=150)
-
-
 def photo_figure(store: Path, student: torch.nn.Module, count: int, input_size: int,
                  per_row: int = 2) -> tuple[np.ndarray, list[str]]:
     """Real photos with the teacher's stored pseudo-labels and the student's prediction."""
-    label_store = LabelStore(store)
-    rows_ok = label_store.rows(status="ok")[:count]
     triplets, names = [], []
-    for row in rows_ok:
-        rgb = read_rgb(label_store.source_path(row))
-        pseudo = label_store.read_disparity(row)
-        student_disp = predict(student, rgb, input_size)
-        triplets.append([rgb, colorize(pseudo), colorize(student_disp)])  # image_grid scales
-        names.append(row["source"])
+    for source, rgb, pseudo, pred in pseudo_label_rows(store, student, count, input_size):
+        triplets.append([rgb, colorize(pseudo), colorize(pred)])  # image_grid scales
+        names.append(source)
     rows = [sum(triplets[i:i + per_row], []) for i in range(0, len(triplets), per_row)]
     width = 3 * min(per_row, len(triplets))
     rows = [r + [np.full((8, 8, 3), 255, np.uint8)] * (width - len(r)) for r in rows]
@@ -487,7 +335,7 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
     (sorted by name; other files are left out)."""
     if count is None:
         return folder
-    images = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()][:count]
+    images = [p for p in sorted(folder.iterdir()) if is_image_name(p.name) and p.is_file()][:count]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for image in images:
@@ -498,28 +346,14 @@ def link_first_images(folder: Path, count: int | None, out: Path) -> Path:
 # --------------------------------------------------------------------------- report
 
 
-def _fmt_metric(value: float, metric: str) -> str:
-    return format(value, ".4f" if metric == "abs_rel" else ".3f")
-
-
 def metrics_table(metrics: dict) -> rp.Table:
     """Blind map, teacher and student per test split, with the student's change against the teacher and
     the teacher's against the blind map (a model that does not beat the blind map learned no image cue)."""
-    rows = []
-    for split in TEST_SPLITS:
-        for metric, arrow in (("abs_rel", "AbsRel ↓"), ("delta1", "δ1 ↑")):
-            b = metrics["blind"][split][metric] if "blind" in metrics else float("nan")
-            t, s = metrics["teacher"][split][metric], metrics["student"][split][metric]
-            better = s < t if metric == "abs_rel" else s > t
-            rows.append([f"`{split}`", arrow, _fmt_metric(b, metric), _fmt_metric(t, metric),
-                         f"**{_fmt_metric(s, metric)}**" if better else _fmt_metric(s, metric),
-                         f"{100 * (s / t - 1):+.1f}%" if t else "n/a",
-                         f"{100 * (t / b - 1):+.1f}%" if b == b and b else "n/a"])
-    return rp.Table(["test split", "metric", "image-blind map", "teacher", "student", "student vs teacher",
-                     "teacher vs blind"], rows,
-                    "Least-squares scale and shift in disparity space per image, then metrics in depth; mean over "
-                    "images. The image-blind map predicts the same map for every image (the mean normalised "
-                    "disparity of the labeled source scenes).")
+    return run_report.metrics_table(
+        metrics, "test split", "Least-squares scale and shift in disparity space per image, then metrics in depth; "
+                               "mean over images. The image-blind map predicts the same map for every image (the mean "
+                               "normalised disparity of the labeled source scenes).",
+        baseline=("blind", "image-blind map", "teacher vs blind"))
 
 
 def _recipe_table(settings: DemoSettings) -> rp.Table:
@@ -554,13 +388,16 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
     out, settings, metrics = run.out, run.settings, run.metrics
     ratio = float(settings.student["loss"]["drop_top_ratio"]) or 0.1
     n_target = settings.data["n_target_test"]
-    target_views = scene_views(models, out / "data" / "target_test", list(range(n_target)), settings.input_size, ratio)
+    target_views = scene_views(models, folder_source(out / "data" / "target_test"), range(n_target), settings.input_size,
+                               ratio)
     overlap = filter_overlap(target_views, ratio)
     shown = target_views[:settings.examples]
-    source_views = scene_views(models, out / "data" / "source_test", list(range(min(2, settings.data["n_source_test"]))),
-                              settings.input_size, ratio)
+    source_views = scene_views(models, folder_source(out / "data" / "source_test"),
+                               range(min(2, settings.data["n_source_test"])), settings.input_size, ratio)
     rows = [f"target {i}" for i in range(len(shown))] + [f"source {i}" for i in range(len(source_views))]
-    examples = rp.save_figure(out, "figures/examples.png", comparison_figure(shown + source_views, rows))
+    figure = scene_figure(shown + source_views, rows, [("teacher error (AbsRel)", "teacher_error"),
+                                                        ("dropped by the filter", "dropped")])
+    examples = rp.save_figure(out, "figures/examples.png", figure)
     logs = {name: rp.read_log(out / name / "log.csv") for name in MODELS}
     curves = str(rp.plot_curves(logs, [("total loss", ["loss"]), ("labeled source images", ["labeled_loss"]),
                                        ("student: pseudo-labeled images", ["unlabeled_loss"]),

@@ -30,6 +30,11 @@ os.umask(_UMASK)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
+def is_image_name(name: str | os.PathLike) -> bool:
+    """True when the file name ends in one of :data:`IMAGE_EXTENSIONS` (any case); the content is not read."""
+    return str(name).lower().endswith(IMAGE_EXTENSIONS)
+
+
 class ImageError(ValueError):
     """An input file that cannot be decoded as an image. ``str(err)`` is one line naming the file."""
 
@@ -137,9 +142,9 @@ def is_pseudodepth_folder(path: str | os.PathLike) -> bool:
 def list_files(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> list[str]:
     """Every regular, non-hidden file under ``root`` (sub-folders walked), as sorted POSIX relative paths.
 
-    Non-image files are listed too: the label store records them as failed rows instead of
-    silently ignoring them. Folders in ``exclude`` (e.g. the output store) and every folder
-    pseudodepth wrote (:func:`is_pseudodepth_folder`) are not entered.
+    Every file is listed, whatever its name (:func:`list_images` splits images from the rest). Folders
+    in ``exclude`` (e.g. the output store) and every folder pseudodepth wrote
+    (:func:`is_pseudodepth_folder`) are not entered.
     """
     root = Path(root)
     if not root.is_dir():
@@ -157,6 +162,15 @@ def list_files(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] =
             if full.is_file():
                 out.append(full.relative_to(root).as_posix())
     return sorted(out)
+
+
+def list_images(root: str | os.PathLike, exclude: tuple[str | os.PathLike, ...] = ()) -> tuple[list[str], list[str]]:
+    """The walk of :func:`list_files` split by file name: (image files, other files), both sorted.
+
+    An image is a file with an image extension (:func:`is_image_name`); whether it decodes is found out
+    later (a corrupt ``.jpg`` becomes a failed row of the label store, a ``README.md`` is not an input)."""
+    files = list_files(root, exclude)
+    return [f for f in files if is_image_name(f)], [f for f in files if not is_image_name(f)]
 
 
 def safe_join(root: str | os.PathLike, rel: str, follow_links: bool = False) -> Path:

@@ -75,7 +75,7 @@ def interrupt_line(args, argv: list[str], err: KeyboardInterrupt, prog: str = "p
         resume = command_line(argv, prog, add="--resume")
         if isinstance(err, Interrupted):
             return f"interrupted: {err.saved}; continue with: {resume}"
-        from .train import latest_checkpoint
+        from .checkpoints import latest_checkpoint
 
         out = _train_out(args)
         latest = latest_checkpoint(out) if out is not None else None

@@ -6,8 +6,10 @@ Pipeline, so that the model never waits::
     main thread:  bucket by network size (no padding) -> batched forward (fp32 / bf16 / fp16, flip TTA)
     writer thread: upsample to source size -> 16-bit PNG -> atomic write -> journal row
 
-Resumable: sources with a row (ok or failed) are skipped; a killed run loses at most the batch in
-flight, never a committed row. The Ray engine (:mod:`pseudodepth.label_ray`) reuses
+Resumable: sources with a row (ok or failed) are skipped, unless the source file changed since its row
+was written (size or modification time differ from the row's and so does its sha256): those are
+relabelled (:func:`plan`, counted in :attr:`LabelReport.relabelled`). A killed run loses at most the
+batch in flight, never a committed row. The Ray engine (:mod:`pseudodepth.label_ray`) reuses
 :func:`load_item`, :func:`plan` and :func:`finish_item` so both engines write identical labels.
 """
 
@@ -30,12 +32,13 @@ from tqdm import tqdm
 
 from . import infer
 from .align import AlignError, AlignSettings, align_to_sparse
+from .confidence import FORMULAS as CONFIDENCE_FORMULAS
 from .confidence import METHODS as CONFIDENCE_METHODS
-from .confidence import FORMULA as CONFIDENCE_FORMULA
-from .confidence import agreement
-from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_files, safe_join
+from .confidence import agreement, second_input_size
+from .da3 import METRIC_FOCAL_SCALE, FocalError, FocalSettings, check_focal, metres_from_disparity, network_focal
+from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_rgb_reduced, list_images, safe_join
 from .licences import licence_of, non_commercial_notice
-from .models import fingerprint, load_model, model_info, prediction_space
+from .models import fingerprint, load_model, max_depth_of, model_info, prediction_space
 from .preprocess import DEFAULT_INPUT_SIZE, network_size, prepare, prepare_tensor, upsample
 from .store import LabelStore, label_paths
 
@@ -46,8 +49,9 @@ class LabelSettings:
 
     ``max_depth`` loads the teacher as a metric model with that range (``--max-depth``); ``align``
     makes metric labels from a relative teacher and sparse metric depth (``--align-to``,
-    :mod:`pseudodepth.align`). Both are left out of the fingerprint when unset, so stores written
-    before they existed keep their fingerprint. ``max_pixels``: images above it become failed rows
+    :mod:`pseudodepth.align`); ``focal`` gives a DA3METRIC teacher its metres (``--focal-px`` /
+    ``--intrinsics``, :class:`pseudodepth.da3.FocalSettings`). They are left out of the fingerprint when
+    unset, so stores written before they existed keep their fingerprint. ``max_pixels``: images above it become failed rows
     without being decoded (it changes no label value).
     """
 
@@ -57,10 +61,11 @@ class LabelSettings:
     keep_aspect: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     resize: str = "lower_bound"  # set from the model by :func:`for_model`
-    confidence: str | None = None  # "flip": a confidence map per label (:mod:`pseudodepth.confidence`)
+    confidence: str | None = None  # "flip" | "scales": a confidence map per label (:mod:`pseudodepth.confidence`)
     max_depth: float | None = None
     align: AlignSettings | None = None
     reduced_decode: bool = False  # JPEGs decoded at 1/2, 1/4 or 1/8 scale while >= the network size
+    focal: FocalSettings | None = None  # DA3METRIC: metres = focal_net * output / 300
 
     def as_dict(self) -> dict:
         out = {"input_size": self.input_size, "precision": self.precision, "tta": self.tta,
@@ -71,13 +76,38 @@ class LabelSettings:
             out["max_depth"] = self.max_depth
         if self.align is not None:
             out["align"] = self.align.as_dict()
+        if self.focal is not None:
+            out["focal"] = self.focal.as_dict()
         if self.reduced_decode:  # only when on, so that stores labelled before it existed keep their fingerprint
             out["reduced_decode"] = True
         return out
 
     def label_space(self, model) -> str:
-        """What the store will hold: ``"metric_depth"`` for a metric teacher or with ``align``, else ``"disparity"``."""
-        return "metric_depth" if self.align is not None or prediction_space(model) == "depth" else "disparity"
+        """What the store will hold: ``"metric_depth"`` for a metric teacher, with ``align`` or ``focal``, else
+        ``"disparity"``."""
+        metric = self.align is not None or self.focal is not None or prediction_space(model) == "depth"
+        return "metric_depth" if metric else "disparity"
+
+    def check_teacher(self, model, spec) -> None:
+        """Refuse, before any work, a DA3METRIC teacher with no metric scale (no focal length, no ``align``)
+        and a focal length for any other teacher (:func:`pseudodepth.da3.check_focal`)."""
+        check_focal(model_info(model).version, spec, self.focal, self.align is not None)
+
+    def metric_scale(self, model) -> dict | None:
+        """Where a metric store's metres come from (``store.json`` ``metric_scale``); None for relative stores."""
+        if self.align is not None:
+            return {"source": "sparse_alignment", "align_to": self.align.as_dict()["sparse_root"],
+                    "formula": "per image a RANSAC least-squares fit y ~ scale * prediction + shift to the sparse "
+                               "depth (y = 1/z for a disparity teacher, z for a depth teacher); manifest columns "
+                               "scale, shift, inliers"}
+        if self.focal is not None:
+            return {"source": "focal_length", **self.focal.as_dict(),
+                    "formula": "metres = focal_net_px * output / 300 (DA3METRIC), focal_net_px = (fx * net_w / w + "
+                               "fy * net_h / h) / 2; manifest column scale = focal_net_px / 300, shift = 0"}
+        if prediction_space(model) == "depth":
+            return {"source": "model", "max_depth": max_depth_of(model),
+                    "formula": "the metric model's own metres (sigmoid * max_depth)"}
+        return None
 
 
     def for_model(self, model) -> LabelSettings:
@@ -91,8 +121,10 @@ class LabelReport:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    relabelled: int = 0  # rows redone because their source file changed since they were written
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # files without an image extension: not inputs
 
     @property
     def images_per_second(self) -> float:
@@ -108,7 +140,12 @@ class LabelReport:
                 self.failures.append(f"{r['source']}: {r['error']}")
 
     def summary(self) -> str:
-        return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done; "
+        ignored = ""
+        if self.ignored:
+            names = ", ".join(self.ignored[:3]) + (", ..." if len(self.ignored) > 3 else "")
+            ignored = f", {len(self.ignored)} non-image file{'s' * (len(self.ignored) > 1)} ignored ({names})"
+        changed = f", {self.relabelled} relabelled (source changed since labelled)" if self.relabelled else ""
+        return (f"labelled {self.ok} ok, {self.failed} failed, {self.skipped} already done{changed}{ignored}; "
                 f"{self.images_per_second:.2f} images/s over {self.seconds:.1f} s")
 
 
@@ -118,21 +155,34 @@ def load_item(root: Path, rel: str, settings: LabelSettings, resize: bool = True
     ``resize=True``: ``pixels`` is the official float32 network input (CPU, float64 OpenCV resize).
     ``resize=False``: ``pixels`` is the decoded uint8 RGB, resized later on the model's device
     (:func:`pseudodepth.preprocess.prepare_tensor`). ``size`` is the network (height, width) either way.
+    With ``--confidence scales``, ``pixels2`` / ``size2`` are the same at the second input size
+    (:func:`pseudodepth.confidence.second_input_size`; ``pixels2`` is None when ``resize=False``).
+    ``bytes`` / ``mtime_ns``: the file's size and modification time (-1 when it cannot be read).
     """
-    item = {"source": rel, "hash": "", "error": "", "height": 0, "width": 0, "pixels": None, "size": (0, 0)}
+    item = {"source": rel, "hash": "", "error": "", "height": 0, "width": 0, "pixels": None, "size": (0, 0),
+            "pixels2": None, "size2": (0, 0), "bytes": -1, "mtime_ns": -1}
     try:
-        data = safe_join(root, rel, follow_links=True).read_bytes()
+        path = safe_join(root, rel, follow_links=True)
+        stat = path.stat()  # before reading: a file changed after this is caught by the next resume
+        data = path.read_bytes()
     except (OSError, ValueError) as err:
         item["error"] = f"cannot read file: {err}"
         return item
     item["hash"] = hashlib.sha256(data).hexdigest()
+    item["bytes"], item["mtime_ns"] = stat.st_size, stat.st_mtime_ns
+    scales = settings.confidence == "scales"
+    size2 = second_input_size(settings.input_size) if scales else None
 
     def net(h: int, w: int) -> tuple[int, int]:
         return network_size(h, w, settings.input_size, settings.keep_aspect)
 
+    def net2(h: int, w: int) -> tuple[int, int]:
+        return network_size(h, w, size2, settings.keep_aspect)
+
     try:
         reduce = settings.reduced_decode and settings.resize == "lower_bound"  # DA3 decodes in full
-        rgb, (h, w) = decode_rgb_reduced(data, rel, net if reduce else None, settings.max_pixels)
+        # with scales, never decode below the larger (second) network size
+        rgb, (h, w) = decode_rgb_reduced(data, rel, (net2 if scales else net) if reduce else None, settings.max_pixels)
     except ImageError as err:
         item["error"] = err.reason
         return item
@@ -140,20 +190,41 @@ def load_item(root: Path, rel: str, settings: LabelSettings, resize: bool = True
     if settings.resize != "lower_bound":  # DA3: its own resize, always in the workers
         item["pixels"] = prepare(rgb, settings.input_size, settings.keep_aspect, settings.resize)
         item["size"] = tuple(item["pixels"].shape[1:])
+        if scales:
+            item["pixels2"] = prepare(rgb, size2, settings.keep_aspect, settings.resize)
+            item["size2"] = tuple(item["pixels2"].shape[1:])
         return item
     item["size"] = net(h, w)
-    item["pixels"] = prepare(rgb, size=item["size"]) if resize else np.require(rgb, requirements="W")
+    if scales:
+        item["size2"] = net2(h, w)
+    if not resize:
+        item["pixels"] = np.require(rgb, requirements="W")
+        return item
+    item["pixels"] = prepare(rgb, size=item["size"])
+    if scales:
+        item["pixels2"] = prepare(rgb, size=item["size2"])
     return item
 
 
-def predict_batch(model, x: torch.Tensor, settings: LabelSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Network-resolution (disparity, confidence or None) for a batch, as both engines label it."""
-    if settings.confidence != "flip":
-        return infer.forward(model, x, settings.precision, settings.tta).cpu(), None
-    a, b = infer.forward(model, torch.cat([x, x.flip(-1)]), settings.precision).cpu().chunk(2)
-    b = b.flip(-1)
-    disparity = 0.5 * (a + b) if settings.tta == "flip" else a
-    return disparity, agreement(a, b)
+def predict_batch(model, x: torch.Tensor, settings: LabelSettings,
+                  x2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Network-resolution (disparity, confidence or None) for a batch, as both engines label it.
+
+    ``x2``: the same images at the second input size (``--confidence scales``, :mod:`pseudodepth.confidence`).
+    """
+    if settings.confidence == "flip":
+        a, b = infer.forward(model, torch.cat([x, x.flip(-1)]), settings.precision).cpu().chunk(2)
+        b = b.flip(-1)
+        disparity = 0.5 * (a + b) if settings.tta == "flip" else a
+        return disparity, agreement(a, b)
+    disparity = infer.forward(model, x, settings.precision, settings.tta)
+    if settings.confidence != "scales":
+        return disparity.cpu(), None
+    if x2 is None:
+        raise ValueError("--confidence scales needs the images at the second input size (x2)")
+    second = infer.forward(model, x2, settings.precision, settings.tta)
+    second = upsample(second, tuple(disparity.shape[-2:]), infer.align_corners(model))
+    return disparity.cpu(), agreement(disparity, second)
 
 
 def confidence_path(label: str) -> str:
@@ -169,14 +240,28 @@ def finish_item(store: LabelStore, item: dict, label: str, prediction: torch.Ten
 
     ``space`` is what the teacher predicts (``"disparity"`` or metric ``"depth"``). With
     ``settings.align`` the prediction is aligned to the image's sparse metric depth and the label
-    holds metres; an image whose alignment fails becomes a failed row with the reason.
+    holds metres; an image whose alignment fails becomes a failed row with the reason. With
+    ``settings.focal`` (DA3METRIC) the prediction becomes metres from the image's focal length
+    (``scale = focal_net / 300`` in the row); an image without one becomes a failed row.
     """
     row = {"source": item["source"], "hash": item["hash"], "status": "failed", "error": item["error"],
            "height": item["height"], "width": item["width"], "label": "", "min": 0.0, "max": 0.0,
-           "teacher": teacher, "invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None}
+           "teacher": teacher, "invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None,
+           "bytes": None if item.get("bytes", -1) < 0 else int(item["bytes"]),
+           "mtime_ns": None if item.get("mtime_ns", -1) < 0 else int(item["mtime_ns"])}
     if prediction is None:
         return row
     size = (item["height"], item["width"])
+    focal = settings.focal if settings is not None else None
+    if focal is not None:  # DA3METRIC: metres at the network size (DA3 predictions always arrive at it)
+        try:
+            fx, fy = focal.for_image(item["source"])
+        except FocalError as err:
+            row["error"] = f"metric scale: {err}"
+            return row
+        focal_net = network_focal(fx, fy, size, tuple(prediction.shape[-2:]))
+        prediction, space = metres_from_disparity(prediction, focal_net), "depth"
+        row.update(scale=focal_net / METRIC_FOCAL_SCALE, shift=0.0)
     full = upsample(prediction[None].float(), size, align_corners)[0].numpy()
     align = settings.align if settings is not None else None
     if align is not None:
@@ -200,8 +285,10 @@ def store_meta(model_spec: str, model, settings: LabelSettings, images: Path) ->
     meta = {"model": str(model_spec), "version": model_info(model).version, "licence": licence_of(model_spec),
             "settings": settings.as_dict(), "source_root": str(images),
             "labels": settings.label_space(model), "prediction": prediction_space(model)}
+    if (scale := settings.metric_scale(model)) is not None:
+        meta["metric_scale"] = scale
     if settings.confidence:
-        meta["confidence"] = {"method": settings.confidence, "formula": CONFIDENCE_FORMULA}
+        meta["confidence"] = {"method": settings.confidence, "formula": CONFIDENCE_FORMULAS[settings.confidence]}
     return meta
 
 
@@ -211,16 +298,49 @@ def announce_licence(meta: dict) -> None:
         print(notice, file=sys.stderr)
 
 
-def plan(store: LabelStore, images: Path, teacher: str, meta: dict, overwrite: bool) -> tuple[list[str], dict, int]:
-    """Open the store for this teacher and list the sources still to do: (todo, label path map, done count).
+def check_source(images: Path, row: dict) -> tuple[bool, dict | None]:
+    """Whether a row's source file changed since the row was written, and the row with the file's current
+    size and modification time when only those changed (to record, so the next run need not hash it again).
 
-    The walk never enters the store itself nor any other folder pseudodepth wrote."""
-    sources = list_files(images, exclude=(store.root,))
+    Changed: its size or modification time differ from the row's (or the row predates those columns)
+    and its sha256 differs from the row's ``hash``. A file that is gone or unreadable counts as
+    unchanged (there is nothing to relabel it from)."""
+    try:
+        path = safe_join(images, row["source"], follow_links=True)
+        stat = path.stat()
+        if (row.get("bytes"), row.get("mtime_ns")) == (stat.st_size, stat.st_mtime_ns):
+            return False, None
+        if hashlib.sha256(path.read_bytes()).hexdigest() != row["hash"]:
+            return True, None
+    except (OSError, ValueError):
+        return False, None
+    return False, {**row, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
+         overwrite: bool) -> tuple[list[str], dict, LabelReport]:
+    """Open the store for this teacher and list the sources still to do: (todo, label path map, the report
+    to fill, which counts the done and relabelled rows and names the non-image files left out).
+
+    Sources are the files with an image extension (a corrupt one becomes a failed row; a ``README.md``
+    is no input). Sources without a row are to do, and so are those whose file changed since their row
+    was written (:func:`check_source`; their new row replaces the old one). The walk never enters the
+    store itself nor any other folder pseudodepth wrote."""
+    sources, others = list_images(images, exclude=(store.root,))
     store.open_for(teacher, meta, overwrite=overwrite)
-    done = {r["source"] for r in store.rows()}
-    todo = [s for s in sources if s not in done]
-    labels = label_paths(sorted(set(sources) | done))
-    return todo, labels, len(sources) - len(todo)
+    rows = {r["source"]: r for r in store.rows()}
+    changed, refreshed = set(), []
+    for s in sources:
+        if s in rows:
+            is_changed, refresh = check_source(images, rows[s])
+            if is_changed:
+                changed.add(s)
+            elif refresh is not None:
+                refreshed.append(refresh)
+    store.append(refreshed)  # same bytes, new size/time recorded: not hashed again next time
+    todo = [s for s in sources if s not in rows or s in changed]
+    labels = label_paths(sorted(set(sources) | set(rows)))
+    return todo, labels, LabelReport(skipped=len(sources) - len(todo), relabelled=len(changed), ignored=others)
 
 
 class _Sources(Dataset):
@@ -291,20 +411,31 @@ def _to_device(array, device: torch.device) -> torch.Tensor:
 
 
 def run_batch(model, items: list[dict], settings: LabelSettings, on_device: bool, align_corners: bool = True):
-    """One batch of equal network size -> (disparities, confidences (None each without --confidence),
+    """One batch of equal network size(s) -> (disparities, confidences (None each without --confidence),
     CUDA event or None).
 
     Standard path: stacked CPU-prepared inputs, network-resolution disparities (the writer upsamples).
     ``on_device``: uint8 images go to the model's device, are resized and normalised there, and the
-    disparities come back at source resolution by a non-blocking copy (wait for the event before use).
+    disparities come back at source resolution by a non-blocking copy (wait for the event before use);
+    with ``--confidence`` the disparities and confidences come back at network resolution (the
+    confidence needs them on the CPU anyway) and the writer upsamples them.
     """
     device = next(model.parameters()).device
     if not on_device:
         x = _to_device(torch.stack([torch.as_tensor(it["pixels"]) for it in items]), device)
-        disparity, confidence = predict_batch(model, x, settings)
+        x2 = None
+        if settings.confidence == "scales":
+            x2 = _to_device(torch.stack([torch.as_tensor(it["pixels2"]) for it in items]), device)
+        disparity, confidence = predict_batch(model, x, settings, x2)
         return list(disparity), list(confidence) if confidence is not None else [None] * len(items), None
     size = items[0]["size"]
-    x = torch.stack([prepare_tensor(_to_device(it["pixels"], device), size) for it in items])
+    rgb = [_to_device(it["pixels"], device) for it in items]
+    x = torch.stack([prepare_tensor(im, size) for im in rgb])
+    if settings.confidence:
+        x2 = torch.stack([prepare_tensor(im, items[0]["size2"]) for im in rgb]) if settings.confidence == "scales" \
+            else None
+        disparity, confidence = predict_batch(model, x, settings, x2)
+        return list(disparity), list(confidence), None
     out = infer.forward(model, x, settings.precision, settings.tta)
     full = []
     for it, d in zip(items, out):
@@ -325,7 +456,9 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     """Pseudo-label every file under ``images`` into the label store ``out``; resumes if interrupted.
 
     ``resize_on``: ``"worker"`` (the official float64 resize in the decode workers; default on CPU) or
-    ``"device"`` (uint8 images resized on the model's device, labels upsampled there; default on a GPU).
+    ``"device"`` (uint8 images resized on the model's device, labels upsampled there; default on a GPU
+    for V1/V2 teachers). DA3 teachers resize in the workers (their OpenCV area/cubic preprocessing has
+    no device version): ``resize_on="device"`` with one is refused.
     ``compile``: ``torch.compile`` the model (one compilation per network size). ``writer_threads``:
     threads that upsample, encode and write labels (default: half the CPUs, at most 8).
     """
@@ -333,11 +466,12 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     infer.check_settings(settings.precision, settings.tta)
     if batch_size < 1 or workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
-    resize_on = resize_on or ("device" if torch.device(device).type == "cuda" else "worker")
-    if resize_on not in ("worker", "device"):
+    if resize_on not in (None, "worker", "device"):
         raise ValueError(f"resize_on must be 'worker' or 'device', got {resize_on!r}")
     if settings.align is not None:
         settings.align.check()
+    if settings.focal is not None:
+        settings.focal.check()
     images = Path(images).resolve()
     if settings.confidence not in (None, *CONFIDENCE_METHODS):
         raise ValueError(f"--confidence must be one of {CONFIDENCE_METHODS}, got {settings.confidence!r}")
@@ -345,15 +479,22 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
         raise ValueError(f"--max-pixels must be >= 1, got {settings.max_pixels}")
     model = model if model is not None else load_model(model_spec, version=version, device=device,
                                                          max_depth=settings.max_depth)
+    settings.check_teacher(model, model_spec)
     settings = settings.for_model(model)
+    if resize_on == "device" and settings.resize != "lower_bound":
+        raise ValueError(f"--resize-on device: {model_spec} is a Depth Anything 3 teacher, whose preprocessing "
+                         "(OpenCV area/cubic resizes of the uint8 image) runs in the decode workers only; use "
+                         "--resize-on worker (the default for DA3)")
+    if resize_on is None:
+        resize_on = "device" if torch.device(device).type == "cuda" and settings.resize == "lower_bound" else "worker"
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)
     with store.writing():
-        todo, labels, done = plan(store, images, teacher, meta, overwrite)
+        todo, labels, report = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run(model, store, images, todo, labels, teacher, settings, batch_size, workers, progress,
-                    LabelReport(skipped=done), compile, resize_on, writer_threads)
+                    report, compile, resize_on, writer_threads)
 
 
 def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,
@@ -361,10 +502,10 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
          compile: bool = False, resize_on: str = "worker", writer_threads: int | None = None) -> LabelReport:
     align = infer.align_corners(model)
     space = prediction_space(model)
+    model = infer.fast_layout(model, settings.precision)
     if compile:
         model = torch.compile(model)
-    # DA3 (its own resize) and confidence maps (a flipped pass) are prepared in the workers
-    on_device = resize_on == "device" and settings.resize == "lower_bound" and not settings.confidence
+    on_device = resize_on == "device"  # label_folder refused it for DA3 (its own resize runs in the workers)
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
     threads = writer_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
     writer = _Writer(store, labels, teacher, align, report, bar, settings, space, threads)
@@ -385,7 +526,7 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
             if item["pixels"] is None:
                 writer.put([(item, None, None)])
                 continue
-            key = tuple(item["size"])
+            key = (tuple(item["size"]), tuple(item["size2"]))  # --confidence scales: both sizes equal in a batch
             buckets.setdefault(key, []).append(item)
             if len(buckets[key]) >= batch_size:
                 run_bucket(key)

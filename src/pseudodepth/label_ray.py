@@ -2,7 +2,8 @@
 
 Pipeline (one Ray Data dataset, streamed)::
 
-    from_items(todo)        the sources still to do (resume: done rows are skipped by ``label.plan``)
+    from_items(todo)        the sources still to do (resume: done rows of unchanged sources are skipped by
+                            ``label.plan``)
     map(_LoadSource)        CPU tasks: read -> sha256 -> decode -> official resize + normalise (``label.load_item``)
     map_batches(_Teacher)   actor pool, one model per actor (one GPU each where the cluster has GPUs):
                             bucket the batch by network size (no padding) -> ``infer.forward`` ->
@@ -15,7 +16,8 @@ Both engines call the same ``load_item`` / ``forward`` / ``finish_item``, so the
 Crash safety is the store's: a label is renamed into place before its row is committed, and only the
 driver commits rows. A killed actor is restarted by Ray (``max_restarts``) and its batch retried
 (``max_task_retries``): its labels are rewritten atomically with the same values and its rows are
-committed once. If the whole run dies, re-running the same command resumes.
+committed once. A batch still failing after its retries stops the run with one line
+(:class:`RayRunError`); if the whole run dies, re-running the same command resumes.
 
 Cluster use: workers read the images and write the labels themselves, so the image folder and the
 store must be on a filesystem every node mounts at the same path (NFS, Lustre, a FUSE bucket mount),
@@ -44,10 +46,12 @@ from .label import (LabelReport, LabelSettings, announce_licence, finish_item, l
 from .models import fingerprint, load_model, prediction_space
 from .store import LabelStore, StoreError
 
-# A killed actor is restarted up to this many times, and a batch retried on a live actor up to this many
-# times, before the run stops (then re-running the command resumes). Bounded, so that a batch that
-# kills every actor it reaches (e.g. out of memory) ends the run instead of looping forever.
-MAX_ACTOR_RESTARTS = 8
+# A killed actor is always restarted (-1: as often as needed, Ray Data's own default): Ray Data's actor pool
+# never replaces an actor that is dead for good, so with bounded restarts a run whose actors died that often
+# would wait forever for them. What is bounded is the batch: retried on a restarted actor up to
+# MAX_BATCH_RETRIES times, then the run stops with one line (and re-running the command resumes), so that a
+# batch that kills every actor it reaches (e.g. out of memory) ends the run instead of looping forever.
+MAX_ACTOR_RESTARTS = -1
 MAX_BATCH_RETRIES = 3
 
 # Test hook: if this environment variable names an existing file, the first actor batch that removes it
@@ -56,17 +60,20 @@ CRASH_MARKER_ENV = "PSEUDODEPTH_RAY_CRASH_MARKER"
 
 
 class _LoadSource:
-    """Ray Data ``map`` function: one source path -> a loaded item with its pixels as raw float32 bytes."""
+    """Ray Data ``map`` function: one source path -> a loaded item with its pixels (and with ``--confidence
+    scales`` its second-size pixels) as raw float32 bytes."""
 
     def __init__(self, root: Path, settings: LabelSettings):
         self.root, self.settings = root, settings
 
     def __call__(self, row: dict) -> dict:
         item = load_item(self.root, row["source"], self.settings)
-        pixels = item.pop("pixels")
+        item.pop("size"), item.pop("size2")
         # bytes + shape travel through Arrow blocks for every image size and for failed items alike
-        item["pixels"] = b"" if pixels is None else pixels.tobytes()
-        item["shape"] = [0, 0, 0] if pixels is None else list(pixels.shape)
+        for key, shape in (("pixels", "shape"), ("pixels2", "shape2")):
+            pixels = item.pop(key)
+            item[key] = b"" if pixels is None else pixels.tobytes()
+            item[shape] = [0, 0, 0] if pixels is None else list(pixels.shape)
         return item
 
 
@@ -84,26 +91,33 @@ class _Teacher:
         if (got := fingerprint(self.model, settings.as_dict())) != teacher:
             raise RuntimeError(f"model {model_spec!r} on this Ray node has teacher fingerprint {got}, but the driver's "
                                f"has {teacher}; give every node the same weights (a shared path or a preset)")
+        infer.fast_layout(self.model, settings.precision)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         items = [{k: batch[k][i] for k in batch} for i in range(len(batch["source"]))]
         disparities: list[torch.Tensor | None] = [None] * len(items)
         confidences: list[torch.Tensor | None] = [None] * len(items)
-        groups: dict[tuple[int, ...], list[int]] = {}
+        groups: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
         for i, it in enumerate(items):
             if len(it["pixels"]):
-                groups.setdefault(tuple(int(s) for s in it["shape"]), []).append(i)
-        for shape, index in groups.items():  # equal network sizes only: no padding artefacts
+                key = (tuple(int(s) for s in it["shape"]), tuple(int(s) for s in it["shape2"]))
+                groups.setdefault(key, []).append(i)
+        for (shape, shape2), index in groups.items():  # equal network sizes only: no padding artefacts
             x = torch.from_numpy(np.stack([np.frombuffer(items[i]["pixels"], np.float32).reshape(shape)
                                            for i in index]))
-            out, conf = predict_batch(self.model, x, self.settings)
+            x2 = None
+            if self.settings.confidence == "scales":
+                x2 = torch.from_numpy(np.stack([np.frombuffer(items[i]["pixels2"], np.float32).reshape(shape2)
+                                                for i in index]))
+            out, conf = predict_batch(self.model, x, self.settings, x2)
             for j, i in enumerate(index):
                 disparities[i] = out[j]
                 confidences[i] = conf[j] if conf is not None else None
         rows = []
         for it, d, c in zip(items, disparities, confidences):
             item = {"source": str(it["source"]), "hash": str(it["hash"]), "error": str(it["error"]),
-                    "height": int(it["height"]), "width": int(it["width"])}
+                    "height": int(it["height"]), "width": int(it["width"]), "bytes": int(it["bytes"]),
+                    "mtime_ns": int(it["mtime_ns"])}
             rows.append(_to_columns(finish_item(self.store, item, self.labels[item["source"]], d, self.teacher,
                                                 self.align, self.settings, self.space, c)))
         _maybe_crash()
@@ -111,17 +125,18 @@ class _Teacher:
 
 
 def _to_columns(row: dict) -> dict:
-    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1."""
+    """A manifest row with typed values only (Arrow blocks of Ray batches): no alignment -> NaN / -1,
+    unknown file size / time -> -1."""
     return {**row, "scale": math.nan if row["scale"] is None else row["scale"],
             "shift": math.nan if row["shift"] is None else row["shift"],
-            "inliers": -1 if row["inliers"] is None else row["inliers"]}
+            **{k: -1 if row[k] is None else row[k] for k in ("inliers", "bytes", "mtime_ns")}}
 
 
 def _from_columns(row: dict) -> dict:
     """Inverse of :func:`_to_columns`."""
     return {**row, "scale": None if math.isnan(row["scale"]) else row["scale"],
             "shift": None if math.isnan(row["shift"]) else row["shift"],
-            "inliers": None if row["inliers"] < 0 else row["inliers"]}
+            **{k: None if row[k] < 0 else row[k] for k in ("inliers", "bytes", "mtime_ns")}}
 
 
 def _maybe_crash() -> None:
@@ -133,6 +148,22 @@ def _maybe_crash() -> None:
     except FileNotFoundError:
         return
     os._exit(1)
+
+
+class RayRunError(RuntimeError):
+    """A Ray label run that stopped (a batch failed after its retries, an actor error). One line, says what to do."""
+
+
+def _ray_failure(err: BaseException, committed: int) -> RayRunError:
+    """The one line for a Ray run that failed: what failed (Ray's first line, or the actor's own exception),
+    what was kept, and the command to run again."""
+    cause = getattr(err, "cause", None)  # RayTaskError: the exception raised inside the actor or task
+    what = cause if isinstance(cause, BaseException) else err
+    text = next((ln.strip() for ln in str(what).splitlines() if ln.strip()), "")
+    return RayRunError(f"the Ray run stopped: {type(what).__name__}: {text} (a batch is retried "
+                       f"{MAX_BATCH_RETRIES} time(s) on a restarted actor before the run stops); the {committed} "
+                       "label(s) committed in this run are kept: run the same command again to continue (if a batch "
+                       "kills its actor every time, e.g. out of memory, lower --batch-size)")
 
 
 class ClusterError(RuntimeError):
@@ -252,18 +283,21 @@ def label_folder_ray(model_spec: str, images: str | Path, out: str | Path, *, ba
             check_cluster(address)  # before any work: an unreachable or unauthorised cluster fails at once
     if settings.align is not None:
         settings.align.check()
+    if settings.focal is not None:
+        settings.focal.check()
     # the driver's copy only fixes the teacher fingerprint
     model = load_model(model_spec, version=version, max_depth=settings.max_depth)
+    settings.check_teacher(model, model_spec)
     settings = settings.for_model(model)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)
     del model
     with store.writing():
-        todo, labels, done = plan(store, images, teacher, meta, overwrite)
+        todo, labels, report = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run_ray(model_spec, store, images, out, todo, labels, teacher, settings, batch_size, address,
-                        num_actors, progress, version, LabelReport(skipped=done))
+                        num_actors, progress, version, report)
 
 
 def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[str], labels: dict, teacher: str,
@@ -308,6 +342,8 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
     except StoreError as err:  # an actor's write error arrives wrapped in Ray's multi-line RayTaskError
         cause = getattr(err, "cause", err)
         raise (cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])) from None
+    except ray.exceptions.RayError as err:  # a dead actor whose batch ran out of retries, an error in an actor
+        raise _ray_failure(err, len(committed)) from None
     finally:
         bar.close()
         store.finish(failed)

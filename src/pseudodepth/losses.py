@@ -577,6 +577,17 @@ def pseudo_label_terms(
     return LossTerms(ssi + gm_weight * gm, ssi, gm, keep, kept_count, weight.sum((1, 2)))
 
 
+def filter_dropped(pred, pseudo, ratio: float):
+    """Pixels the V2 filter drops when ``pred`` is trained on the pseudo-label ``pseudo`` (H x W disparity
+    arrays, every pixel valid as for a pseudo-label): the ``ratio`` largest of the per-pixel SSI losses
+    ``|pred_hat - pseudo_hat|`` as :func:`pseudo_label_terms` selects them; a boolean H x W NumPy array
+    (what the reports' "dropped by the filter" panels show)."""
+    pred_t = torch.as_tensor(pred, dtype=torch.float32)[None]
+    pseudo_t = torch.as_tensor(pseudo, dtype=torch.float32)[None]
+    terms = pseudo_label_terms(pred_t, pseudo_t, torch.ones_like(pred_t, dtype=torch.bool), drop_ratio=ratio)
+    return ~terms.keep[0].numpy()
+
+
 def _reduce_with_stats(
     per_image: Tensor, ssi: Tensor, gm: Tensor, kept_count: Tensor, valid_count: Tensor
 ) -> tuple[Tensor, dict[str, float]]:

@@ -36,6 +36,7 @@ __all__ = [
     "DATASET_RANGES",
     "HIGHER_IS_BETTER",
     "METRIC_NAMES",
+    "abs_rel_map",
     "aggregate",
     "align_least_squares",
     "crop_mask",
@@ -267,6 +268,22 @@ def evaluate_image(pred_disp: Any, gt_depth: Any, valid: Any, min_depth: float, 
     else:
         aligned = align_least_squares(pred, gt, mask, space, min_depth=min_depth, max_depth=max_depth)
     return depth_metrics(aligned, gt, mask)
+
+
+def abs_rel_map(pred_disparity: Any, gt_depth: Any, valid: Any, min_depth: float, max_depth: float) -> np.ndarray:
+    """Per-pixel AbsRel ``|d - g| / g`` of a prediction after the evaluation's alignment (`align_least_squares`
+    in disparity space over the `valid` pixels with finite `g > 0`, clipped to the range); NaN elsewhere.
+
+    What the report's error maps show: its mean over the valid pixels is the image's `abs_rel`."""
+    gt_depth = _as_float64(gt_depth)
+    with np.errstate(invalid="ignore"):
+        valid = _as_mask(valid, gt_depth.shape) & np.isfinite(gt_depth) & (gt_depth > 0)
+    if not valid.any():
+        return np.full(gt_depth.shape, np.nan)
+    depth = align_least_squares(pred_disparity, gt_depth, valid, "disparity", min_depth=min_depth,
+                                max_depth=max_depth)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(valid, np.abs(depth - gt_depth) / gt_depth, np.nan)
 
 
 def aggregate(per_image: Sequence[Mapping[str, float]]) -> dict[str, float]:

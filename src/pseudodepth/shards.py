@@ -6,9 +6,12 @@ Export (:func:`export_shards`, ``pseudodepth shards STORE --out DIR``)::
                            KEY.jpg        the source image: its own bytes for an upright RGB/gray JPEG,
                                           else the decoded upright image re-encoded at JPEG quality 95
                            KEY.depth.png  the 16-bit label PNG, byte for byte
+                           KEY.confidence.png  the row's 16-bit confidence map, byte for byte (only
+                                          from a store labelled with ``--confidence``)
                            KEY.json       {source, hash, min, max, height, width, teacher, invalid}
-    DIR/index.json         {"format", "teacher", "model", "licence", "store", "total",
-                            "shards": [{"name", "count"}, ...]}
+    DIR/index.json         {"format", "teacher", "model", "licence", "store", "total", "confidence",
+                            "shards": [{"name", "count"}, ...]}   (confidence: the store's method,
+                                          e.g. "flip", when every sample carries a map, else null)
 
 Keys hold no dots (WebDataset splits the member name at the first dot): ``000042_sub_dir_name``,
 the sample's position in the export then its sanitised source path. Shards are written to a
@@ -19,6 +22,8 @@ Reading (:class:`ShardDataset`): an ``IterableDataset`` yielding the same traini
 side, random crop, flip, min-max target, optional ImageNet normalisation: the data package's code,
 called, not copied). Sample number ``i`` of the export gets the crop/flip draw of sample ``i`` of the
 label-store dataset, so with a seed, JPEG sources give identical tensors through either path.
+``min_confidence`` (training config ``loss.confidence.min``) makes pixels whose confidence map is
+below it invalid, as the label-store source does.
 
 Splitting, each epoch: the shard list is permuted with ``default_rng([seed, epoch])`` (seed 0 when
 the dataset has none; the same on every process), rank ``r`` of ``R`` takes shards ``r, r + R, ...`` and DataLoader worker ``w`` of
@@ -50,6 +55,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .data.dataset import DepthDataset
 from .data.sources import DepthSource, Sample
+from .confidence import decode
 from .imageio import ImageError, decode_rgb, safe_join
 from .store import LabelStore, StoreError, decode_label
 
@@ -126,9 +132,17 @@ def _sample_members(store: LabelStore, row: dict, key: str) -> list[tuple[str, b
     except OSError as err:
         raise ShardError(f"{store.root}: cannot read the label of row {row['source']!r} ({err.strerror}); "
                          "relabel it with `pseudodepth label`") from None
+    members = [(f"{key}.jpg", image), (f"{key}.depth.png", label)]
+    if row.get("confidence"):
+        try:
+            members.append((f"{key}.confidence.png", safe_join(store.root, row["confidence"]).read_bytes()))
+        except ValueError as err:
+            raise ShardError(f"{store.manifest_path}: row {row['source']!r}: {err}") from None
+        except OSError as err:
+            raise ShardError(f"{store.root}: cannot read the confidence map of row {row['source']!r} "
+                             f"({err.strerror}); relabel it with `pseudodepth label`") from None
     meta = {k: row[k] for k in JSON_FIELDS}
-    return [(f"{key}.jpg", image), (f"{key}.depth.png", label),
-            (f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
+    return members + [(f"{key}.json", json.dumps(meta, sort_keys=True).encode())]
 
 
 def export_shards(store_root: str | os.PathLike, out_dir: str | os.PathLike, max_count: int = 1000) -> list[Path]:
@@ -158,9 +172,11 @@ def export_shards(store_root: str | os.PathLike, out_dir: str | os.PathLike, max
         shards.append(path)
         counts.append(len(chunk))
     meta = store.meta()
+    confidence = (meta.get("confidence") or {}).get("method") if all(r.get("confidence") for r in rows) else None
     index = {"format": INDEX_FORMAT, "teacher": meta.get("teacher", ""), "model": meta.get("model", ""),
              "licence": meta.get("licence", "unknown"), "store": str(store.root.resolve()),
-             "total": len(rows), "shards": [{"name": p.name, "count": c} for p, c in zip(shards, counts)]}
+             "total": len(rows), "confidence": confidence,
+             "shards": [{"name": p.name, "count": c} for p, c in zip(shards, counts)]}
     tmp = out / f".tmp-{INDEX_NAME}"
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, out / INDEX_NAME)
@@ -170,10 +186,14 @@ def export_shards(store_root: str | os.PathLike, out_dir: str | os.PathLike, max
 # ----------------------------------------------------------------------------- reading
 @dataclass(frozen=True)
 class ShardSet:
-    """Shard paths with their sample counts and the export position of each shard's first sample."""
+    """Shard paths with their sample counts and the export position of each shard's first sample.
+
+    ``confidence``: True / False when the index says whether every sample carries a confidence map,
+    None when unknown (an explicit list of tar files)."""
 
     paths: tuple[Path, ...]
     counts: tuple[int, ...]
+    confidence: bool | None = None
 
     @property
     def offsets(self) -> tuple[int, ...]:
@@ -201,7 +221,7 @@ def read_index(index: str | os.PathLike) -> ShardSet:
         raise ShardError(f"{path}: bad shard entry ({err}); re-export with `pseudodepth shards`") from None
     if missing := [str(p) for p in paths if not p.is_file()]:
         raise ShardError(f"{path}: shard file(s) missing: {', '.join(missing[:3])}; copy the whole export folder")
-    return ShardSet(paths, tuple(int(s["count"]) for s in meta["shards"]))
+    return ShardSet(paths, tuple(int(s["count"]) for s in meta["shards"]), bool(meta.get("confidence")))
 
 
 def count_samples(shard: str | os.PathLike) -> int:
@@ -259,20 +279,34 @@ def decode_sample(key: str, group: Mapping[str, bytes], shard: Path) -> tuple[np
     return rgb, decode_label(q, row["min"], row["max"], row.get("invalid") or 0), row
 
 
+def decode_confidence(key: str, group: Mapping[str, bytes], shard: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A sample's confidence map (float32 in [0, 1], ``shape``), :func:`pseudodepth.confidence.decode`."""
+    if "confidence.png" not in group:
+        raise ShardError(f"{shard}: sample {key!r} has no confidence map but loss.confidence.min is set; export "
+                         "a store labelled with `pseudodepth label --confidence flip|scales`, or drop loss.confidence")
+    q = cv2.imdecode(np.frombuffer(group["confidence.png"], np.uint8), cv2.IMREAD_UNCHANGED)
+    if q is None or q.dtype != np.uint16 or q.shape != tuple(shape):
+        raise ShardError(f"{shard}: {key}.confidence.png is not a 16-bit map of the image's size {tuple(shape)}; "
+                         "re-export the shard")
+    return decode(q)
+
+
 def _decoded_image(sample: Sample) -> np.ndarray:
     return sample.row["rgb"]
 
 
 def _decoded_disparity(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     disparity = sample.row["disparity"]
-    return disparity, np.ones(disparity.shape, bool)  # DepthSource.load masks non-finite and negative values
+    valid = sample.row.get("valid")  # confidence >= min_confidence; DepthSource.load masks non-finite and negative
+    return disparity, np.ones(disparity.shape, bool) if valid is None else valid
 
 
 class ShardDataset(IterableDataset):
     """Training samples streamed from shards, split across DDP ranks and DataLoader workers.
 
     Yields :class:`pseudodepth.data.DepthDataset` training dicts (``image``, ``target``, ``valid``,
-    ``kind="pseudo"``, ``path`` = the source path relative to the labelled folder). ``rank`` and
+    ``kind="pseudo"``, ``path`` = the source path relative to the labelled folder). ``min_confidence``:
+    pixels whose confidence map is below it are invalid (refused for an export without maps). ``rank`` and
     ``world_size`` default to the ``torch.distributed`` process group (one process without one).
     Call :meth:`set_epoch` each epoch (``pseudodepth.data.set_epoch`` does) and use non-persistent
     workers so the epoch reaches them.
@@ -280,9 +314,14 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, index_or_paths: str | os.PathLike | Sequence[str | os.PathLike], crop_size: int = 518,
                  normalize: bool = True, flip_p: float = 0.5, seed: int | None = None, shuffle_shards: bool = True,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, min_confidence: float | None = None):
         super().__init__()
         self.shards = shard_set(index_or_paths)
+        self.min_confidence = min_confidence
+        if min_confidence is not None and self.shards.confidence is False:
+            raise ShardError(f"{self.shards.paths[0].parent}: the shards carry no confidence maps but "
+                             "loss.confidence.min is set; export a store labelled with `pseudodepth label "
+                             "--confidence flip|scales`, or drop loss.confidence")
         self.crop_size, self.normalize, self.flip_p, self.seed = crop_size, normalize, flip_p, seed
         self.shuffle_shards = shuffle_shards
         initialised = dist.is_available() and dist.is_initialized()
@@ -336,7 +375,10 @@ class ShardDataset(IterableDataset):
             for position, (key, group) in enumerate(iter_shard(path)):
                 rgb, disparity, row = decode_sample(key, group, path)
                 index = offset + position
-                dataset.source.samples[index] = Sample(Path(row["source"]), row={"rgb": rgb, "disparity": disparity})
+                decoded = {"rgb": rgb, "disparity": disparity}
+                if self.min_confidence is not None:
+                    decoded["valid"] = decode_confidence(key, group, path, disparity.shape) >= self.min_confidence
+                dataset.source.samples[index] = Sample(Path(row["source"]), row=decoded)
                 try:
                     yield dataset[index]
                 finally:
@@ -364,12 +406,12 @@ def make_shard_dataset(spec: Mapping[str, Any], base_dir: str | os.PathLike | No
     index = Path(arguments.pop("index"))
     if base_dir is not None and not index.is_absolute():
         index = Path(base_dir) / index
-    if unknown := set(arguments) - {"shuffle_shards", "flip_p"}:
+    if unknown := set(arguments) - {"shuffle_shards", "flip_p", "min_confidence"}:
         raise ValueError(f"shard source: unknown key(s) {sorted(unknown)}; "
-                         "allowed: type, index, shuffle_shards, flip_p")
+                         "allowed: type, index, shuffle_shards, flip_p, min_confidence")
     return ShardDataset(index, **{**dataset_kwargs, **arguments})
 
 
-__all__ = ["ShardDataset", "ShardError", "ShardSet", "assign_shards", "decode_sample", "export_shards",
-           "iter_shard", "make_shard_dataset", "read_index", "sample_key", "shard_dataset", "shard_set",
-           "source_jpeg"]
+__all__ = ["ShardDataset", "ShardError", "ShardSet", "assign_shards", "decode_confidence", "decode_sample",
+           "export_shards", "iter_shard", "make_shard_dataset", "read_index", "sample_key", "shard_dataset",
+           "shard_set", "source_jpeg"]

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 from collections import Counter
@@ -62,8 +63,11 @@ MANIFEST_SCHEMA = pa.schema([
     ("scale", pa.float64()),  # metric alignment (label --align-to): y ~ scale * prediction + shift, else null
     ("shift", pa.float64()),
     ("inliers", pa.int32()),  # sparse points the alignment kept (null without alignment)
+    ("bytes", pa.int64()),  # source file size and modification time when it was read (null: unreadable, or
+    ("mtime_ns", pa.int64()),  # a store written before these columns); `label` relabels a changed source
 ])
-ROW_DEFAULTS = {"invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None}  # columns added later: rows of older stores get these
+ROW_DEFAULTS = {"invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None, "bytes": None,
+                "mtime_ns": None}  # columns added later: rows of older stores get these
 OPTIONAL_COLUMNS = ("scale", "shift", "inliers")  # absent in stores written before metric labels
 LABEL_SPACES = ("disparity", "metric_depth")
 PNG_MAX = 65535
@@ -97,7 +101,19 @@ def encode_label(disparity: np.ndarray) -> tuple[np.ndarray, float, float, int]:
     as all zeros with ``min == max``). With ``n > 0`` non-finite pixels (no label there: NaN/inf teacher
     output, sky) those pixels get ``q = 0`` and the others ``q = 1 + round((d - min) / (max - min) * 65534)``.
     """
-    d = np.asarray(disparity, dtype=np.float64)
+    d = np.asarray(disparity)
+    if d.size and d.dtype.kind == "f":  # the common case, all finite: fewer passes over a multi-megapixel map
+        lo, hi = float(d.min()), float(d.max())  # min / max are exact in any float width; NaN / inf show here
+        if math.isfinite(lo) and math.isfinite(hi):
+            if hi <= lo:
+                return np.zeros(d.shape, np.uint16), lo, hi, 0
+            q = d.astype(np.float64)  # a copy: the caller's array is never modified
+            q -= lo
+            q *= PNG_MAX / (hi - lo)
+            np.rint(q, out=q)
+            np.clip(q, 0, PNG_MAX, out=q)
+            return q.astype(np.uint16), lo, hi, 0
+    d = np.asarray(d, dtype=np.float64)
     finite = np.isfinite(d)
     invalid = int(finite.size - np.count_nonzero(finite))
     if not finite.any():
@@ -348,7 +364,7 @@ class LabelStore:
 
         if not row.get("confidence"):
             raise StoreError(f"{self.root}: row {row['source']!r} has no confidence map; label the store with "
-                             "`pseudodepth label --confidence flip` (with --overwrite) first")
+                             "`pseudodepth label --confidence flip|scales` (with --overwrite) first")
         return decode(read_png16(safe_join(self.root, row["confidence"])))
 
     def label_path(self, row: dict) -> Path:

@@ -19,14 +19,15 @@ small functions above it and passed in.
   of the batch: ``(n_l L_labeled + n_u L_unlabeled) / (n_l + n_u) + w_fa L_fa``.
 
 Reproducibility and resume: every random draw is a function of ``(seed, step, rank)`` - the data
-order (a weighted, shuffled index list per epoch, sharded over ranks), the crops and flips
-(``DepthDataset`` seeded per epoch), the perturbations and CutMix boxes (a ``torch.Generator`` per
-step). A checkpoint therefore only needs the weights, the optimiser state and the step; ``--resume``
+order (a weighted, shuffled index list per epoch, sharded over ranks: :mod:`pseudodepth.data.sampling`),
+the crops and flips (``DepthDataset`` seeded per epoch), the perturbations and CutMix boxes (a
+``torch.Generator`` per step). A checkpoint therefore only needs the weights, the optimiser state and the step; ``--resume``
 replays the remaining steps exactly as an uninterrupted run would.
 
 Shard sources: ``data.unlabeled`` may instead be one WebDataset export of a label store
 (``{type: shards, index: shards/index.json}``, from ``pseudodepth shards``), streamed by
-:class:`pseudodepth.shards.ShardDataset` through a plain ``DataLoader`` (:class:`ShardBatches`):
+:class:`pseudodepth.shards.ShardDataset` through a plain ``DataLoader``
+(:class:`pseudodepth.data.sampling.ShardBatches`):
 each epoch the shard list is permuted and dealt to ranks, then to data-loader workers, so no
 sample is read twice in an epoch. An epoch lasts as many steps as the rank with the fewest full
 batches has (every rank computes all ranks' counts from the deterministic assignment, no
@@ -41,23 +42,18 @@ gloo on CPU), each rank reads its own shard, and rank 0 alone saves and logs. Th
 of feature alignment stays outside DDP.
 
 Outputs in ``train.out``: ``config.yaml``, ``log.csv``, ``checkpoints/step_XXXXXX/`` (a model SPEC
-+ ``trainer.pt``) and ``final/`` (a model SPEC for ``predict`` / ``label`` / ``eval``).
++ ``trainer.pt``, :mod:`pseudodepth.checkpoints`) and ``final/`` (a model SPEC for ``predict`` / ``label`` / ``eval``).
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import copy
 import csv
-import itertools
-import math
 import os
 import random
-import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -68,12 +64,14 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pseudodepth import losses
 from pseudodepth.config import TrainConfig, load_config, resolve_model, resolve_source
+from pseudodepth.checkpoints import checkpoint_dir, latest_checkpoint, load_training_state, save_training_state
 from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, split_batch_size, strong_perturbation
+from pseudodepth.data.sampling import ShardBatches, StepBatches, WeightedSources
 from pseudodepth.infer import autocast
 from pseudodepth.licences import trained_licence
 from pseudodepth.interrupt import DeferredInterrupt, Interrupted
@@ -82,8 +80,6 @@ from pseudodepth.models import ARCHS, DEFAULT_SEED, PRESETS, head_outputs, is_me
 from pseudodepth.models import build_model as build_preset
 from pseudodepth.shards import ShardDataset, ShardError, make_shard_dataset
 
-CHECKPOINT_PREFIX = "step_"
-TRAINER_STATE = "trainer.pt"
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -133,75 +129,6 @@ def seed_everything(seed: int) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-class WeightedSources(Dataset):
-    """Several :class:`DepthDataset` s behind one index; items are addressed as ``(epoch, index)``.
-
-    The epoch travels with the index so that crops and flips (``DepthDataset`` draws from
-    ``rng([seed, epoch, index])``) are right in any worker process.
-    """
-
-    def __init__(self, datasets: list[DepthDataset], weights: list[float]) -> None:
-        self.datasets, self.weights = datasets, weights
-        self.offsets = np.cumsum([0] + [len(d) for d in datasets]).tolist()
-
-    def __len__(self) -> int:
-        return self.offsets[-1]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict:
-        epoch, index = key
-        which = bisect.bisect_right(self.offsets, index) - 1
-        dataset = self.datasets[which]
-        dataset.set_epoch(epoch)
-        return dataset[index - self.offsets[which]]
-
-    def epoch_order(self, seed: int, epoch: int) -> np.ndarray:
-        """The epoch's shuffled global index list: source ``k`` contributes ``round(w_k n_k)`` samples
-        (a random subset, or whole passes plus a random subset when ``w_k > 1``)."""
-        rng = np.random.default_rng([seed, epoch])
-        parts = []
-        for dataset, weight, offset in zip(self.datasets, self.weights, self.offsets):
-            n = len(dataset)
-            count = max(1, round(weight * n))
-            passes = [rng.permutation(n) for _ in range(math.ceil(count / n))]
-            parts.append(offset + np.concatenate(passes)[:count])
-        order = np.concatenate(parts)
-        return order[rng.permutation(len(order))]
-
-
-class StepBatches(Sampler):
-    """Batch sampler: for each step in ``[start, steps)``, this rank's ``batch_size`` ``(epoch, index)`` keys.
-
-    Epoch ``e``'s order (:meth:`WeightedSources.epoch_order`) is split between ranks round-robin
-    (``order[rank::world]``, truncated to equal length), so ranks never see the same sample in an
-    epoch; each rank's shard is cut into full batches.
-    """
-
-    def __init__(self, data: WeightedSources, batch_size: int, seed: int, start: int, steps: int,
-                 rank: int = 0, world: int = 1, name: str = "data") -> None:
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.start, self.steps, self.rank, self.world = start, steps, rank, world
-        self.per_epoch = len(data.epoch_order(seed, 0)) // world // batch_size
-        if self.per_epoch == 0:
-            raise ValueError(f"{name}: {len(data)} samples are too few for {world} process(es) x batch size "
-                             f"{batch_size}; add data, raise its weight or lower train.batch_size")
-        self._cache: tuple[int, np.ndarray] | None = None
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start)
-
-    def batch(self, step: int) -> list[tuple[int, int]]:
-        epoch, position = divmod(step, self.per_epoch)
-        if self._cache is None or self._cache[0] != epoch:
-            order = self.data.epoch_order(self.seed, epoch)
-            self._cache = (epoch, order[self.rank::self.world][: self.per_epoch * self.batch_size])
-        shard = self._cache[1]
-        return [(epoch, int(i)) for i in shard[position * self.batch_size:(position + 1) * self.batch_size]]
-
-    def __iter__(self):
-        for step in range(self.start, self.steps):
-            yield self.batch(step)
-
-
 def build_data(specs: list[dict], config: TrainConfig, normalize: bool) -> WeightedSources:
     """The datasets of one data section (sources of :func:`pseudodepth.data.make_source` + ``weight``);
     targets in metres in ``mode: metric``, normalised disparity otherwise."""
@@ -238,56 +165,6 @@ def build_unlabeled(config: TrainConfig, ctx: Dist) -> WeightedSources | ShardDa
     return make_shard_dataset(spec, crop_size=config.train.crop_size, normalize=False,
                               flip_p=config.augment.flip_p, seed=config.train.seed, rank=ctx.rank,
                               world_size=ctx.world)
-
-
-class ShardBatches:
-    """This rank's unlabeled batches of a shard stream for steps ``[start, steps)``, epoch after epoch.
-
-    Epoch ``e`` (``data.set_epoch(e)``) lasts :meth:`epoch_steps` steps, the same on every rank.
-    On resume the epoch holding ``start`` is read again from its beginning and the batches before
-    ``start`` are dropped, so the batches are those of an uninterrupted run.
-    """
-
-    def __init__(self, data: ShardDataset, batch_size: int, config: TrainConfig, start: int, ctx: Dist) -> None:
-        self.data, self.batch_size, self.start, self.steps = data, batch_size, start, config.train.steps
-        self.workers = config.train.workers
-        self.loader = DataLoader(data, batch_size=batch_size, num_workers=self.workers, drop_last=True,
-                                 pin_memory=ctx.device.type == "cuda", prefetch_factor=2 if self.workers else None,
-                                 persistent_workers=False)
-        self.epoch_steps(0)  # too little data fails now, not after the first epoch
-
-    def __len__(self) -> int:
-        return max(0, self.steps - self.start)
-
-    def epoch_steps(self, epoch: int) -> int:
-        """Steps of ``epoch``: the fewest full batches of any rank (each rank's count is computable everywhere)."""
-        self.data.set_epoch(epoch)
-        counts = [self.data.full_batches(self.batch_size, self.workers, rank) for rank in range(self.data.world_size)]
-        if min(counts) == 0:
-            rank = counts.index(0)
-            raise ShardError(f"data.unlabeled: {self.data.shards.paths[0].parent}: in epoch {epoch} rank {rank} of "
-                             f"{self.data.world_size} gets no full batch of {self.batch_size} from any of its "
-                             f"{max(1, self.workers)} loader worker(s); export more, smaller shards (--max-count), "
-                             "or lower train.workers or train.batch_size")
-        return min(counts)
-
-    def __iter__(self) -> Iterator[dict]:
-        epoch, first = 0, 0  # first: the epoch's first step
-        while first < self.steps:
-            length = self.epoch_steps(epoch)  # also sets the epoch that iter() below reads
-            end = min(first + length, self.steps)
-            if end > self.start:
-                batches = iter(self.loader)
-                for step in range(first, end):
-                    batch = next(batches, None)
-                    if batch is None:
-                        raise ShardError(f"{self.data.shards.paths[0].parent}: epoch {epoch} ended early on rank "
-                                         f"{self.data.rank}; the shards hold fewer samples than index.json says: "
-                                         "re-export them with `pseudodepth shards`")
-                    if step >= self.start:  # before it: consumed by the run being resumed
-                        yield batch
-                del batches
-            epoch, first = epoch + 1, first + length
 
 
 # ----------------------------------------------------------------------------- model
@@ -427,57 +304,6 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     if config.optim.schedule == "linear":
         return 1 - t
     return 1.0
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def checkpoint_dir(out: Path, step: int) -> Path:
-    return out / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:06d}"
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint (one with ``trainer.pt``; half-written ones are temp folders)."""
-    folders = sorted((out / "checkpoints").glob(f"{CHECKPOINT_PREFIX}[0-9]*"))
-    complete = [f for f in folders if (f / TRAINER_STATE).is_file() and not f.name.endswith(".tmp")]
-    return complete[-1] if complete else None
-
-
-def save_training_state(out: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        config: TrainConfig) -> Path:
-    """Write ``checkpoints/step_XXXXXX/`` atomically: the model SPEC and ``trainer.pt`` (plain tensors/dicts)."""
-    final = checkpoint_dir(out, step)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tmp, {"step": step, "mode": config.mode, "config": str(out / "config.yaml")})
-    numpy_state = np.random.get_state(legacy=False)
-    state = {
-        "step": step,
-        "seed": config.train.seed,
-        "optimizer": optimizer.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                "numpy_key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                "numpy_pos": numpy_state["state"]["pos"]},
-        # The data order is a function of (seed, step): the step is the data-order state.
-        "data": {"next_step": step, "seed": config.train.seed},
-    }
-    torch.save(state, tmp / TRAINER_STATE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
-def load_training_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Restore weights, optimiser and RNG state from a checkpoint folder; returns the next step."""
-    state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
-    model.load_state_dict(load_model(folder).state_dict())
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    random.setstate((3, tuple(state["rng"]["python"]), None))
-    np.random.set_state({"bit_generator": "MT19937", "state": {
-        "key": state["rng"]["numpy_key"].numpy().astype(np.uint32), "pos": int(state["rng"]["numpy_pos"])},
-        "has_gauss": 0, "gauss": 0.0})
-    return int(state["step"])
 
 
 # ----------------------------------------------------------------------------- logging
@@ -696,6 +522,9 @@ def _train(config: TrainConfig, resume: bool, ctx: Dist) -> Path:
     net: nn.Module = DepthAndFeatures(model)
     if ctx.world > 1:
         net = DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if t.compile:  # the compiled modules share the weights: checkpoints still save `model`
+        net = torch.compile(net)
+        frozen = torch.compile(frozen) if frozen is not None else None
 
     if labeled_data is not None and unlabeled_data is not None:
         n_l, n_u = split_batch_size(t.batch_size, tuple(t.labeled_ratio))
@@ -807,6 +636,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the output folder")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--out", default=None, help="override train.out (output folder)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (train.compile: true): a one-off compilation at the start")
     p.set_defaults(func=run_from_args)
     return p
 
@@ -824,6 +655,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.out is not None:
         overrides["out"] = str(Path(args.out).resolve())
+    if args.compile:
+        overrides["compile"] = True
     config = load_config(args.config, {"train": overrides} if overrides else None)
     final = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -154,10 +154,6 @@ def _files(root: Path, what: str) -> list[str]:
     return imageio.list_files(root)
 
 
-def _is_image(rel: str) -> bool:
-    return rel.lower().endswith(imageio.IMAGE_EXTENSIONS)
-
-
 def _require(samples: list[Sample], root: Path, layout: str) -> list[Sample]:
     if not samples:
         raise FileNotFoundError(f"{root}: no samples found; expected the layout {layout}")
@@ -211,7 +207,7 @@ def folder(
     depth_files = set(files) if side_by_side else set(_files(depth_root, "depth"))
     samples, missing, seen = [], [], {}
     for rel in files:
-        if not _is_image(rel) or rel.lower().endswith(".depth" + depth_ext):
+        if not imageio.is_image_name(rel) or rel.lower().endswith(".depth" + depth_ext):
             continue
         stem = os.path.splitext(rel)[0]
         if stem in seen:
@@ -414,7 +410,7 @@ def eth3d(root: str | os.PathLike, height: int = formats.ETH3D_SHAPE[0], width: 
     samples, missing = [], []
     for rel in _files(root, "ETH3D"):
         parts = rel.split("/")
-        if len(parts) >= 3 and parts[-3:-1] == ["images", "dslr_images"] and _is_image(rel):
+        if len(parts) >= 3 and parts[-3:-1] == ["images", "dslr_images"] and imageio.is_image_name(rel):
             depth_path = root.joinpath(*parts[:-3], "ground_truth_depth", "dslr_images", parts[-1])
             (samples if depth_path.is_file() else missing).append(Sample(root / rel, depth_path))
     if missing:
@@ -449,7 +445,7 @@ def label_store(root: str | os.PathLike, min_confidence: float | None = None) ->
     rows = store.rows(status="ok")
     if min_confidence is not None and (bare := [r["source"] for r in rows if not r.get("confidence")]):
         raise SourceConfigError(f"{root}: {len(bare)} row(s) have no confidence map (e.g. {bare[0]!r}) but "
-                                "loss.confidence.min is set; relabel with `pseudodepth label --confidence flip "
+                                "loss.confidence.min is set; relabel with `pseudodepth label --confidence flip|scales "
                                 "--overwrite`, or drop loss.confidence")
     samples = [Sample(store.source_path(row), store.label_path(row), row=row) for row in rows]
     if not samples:

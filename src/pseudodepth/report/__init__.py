@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .imageio import write_png
+from ..imageio import write_png
 
 __all__ = [
     "Figure", "Report", "Section", "Table", "find_chromium", "heatmap", "image_grid", "inline_html",
