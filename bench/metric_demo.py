@@ -2,7 +2,7 @@
 
 Per seed, on generated scenes with exact depth (``pseudodepth.synth``):
 
-1. a relative teacher (``da-v2-tiny``) trains on labeled indoor scenes (``mode: teacher``);
+1. a relative teacher (``da-v2-tiny``) trains on labeled outdoor scenes (``synth`` domain ``outdoor``; ``mode: teacher``);
 2. every outdoor image (unlabeled pool and held-out test) gets sparse "LiDAR": 1-5% of its valid
    pixels (drawn per image), 2% multiplicative noise and 10% gross outliers (depth x 0.3..3);
 3. ``label --align-to`` turns the teacher's disparity on the pool into metric pseudo-labels (RANSAC
@@ -92,9 +92,9 @@ def run_seed(seed: int, setting: str, work: Path) -> dict:
     base = 10_000 * (seed + 1)
     times = {}
     tic = time.perf_counter()
-    write_domain(work / "source", "source", n_source, base, size)
-    write_domain(work / "pool", "target", n_pool, base + 3000, size)  # depth only to sample the LiDAR from
-    write_domain(work / "test", "target", n_test, base + 6000, size)
+    write_domain(work / "source", "outdoor", n_source, base, size)
+    write_domain(work / "pool", "outdoor_shifted", n_pool, base + 3000, size)  # depth only to sample the LiDAR from
+    write_domain(work / "test", "outdoor_shifted", n_test, base + 6000, size)
     rng = np.random.default_rng(seed)
     write_lidar(work / "pool", work / "pool_lidar", rng)
     write_lidar(work / "test", work / "test_lidar", rng)
@@ -176,7 +176,7 @@ def table(runs: list[dict], setting: str, command: str, load: str, minutes: floa
              f"Machine: {load}, {load_end:.2f} at the end (this script at niceness {os.nice(0)}, one torch "
              f"thread); {minutes:.1f} min wall, {cpu_minutes:.1f} min CPU in all.", "",
              f"Outdoor scenes {size[0]} x {size[1]}: teacher `da-v2-tiny` {t_steps} steps x {batch} on {n_source} "
-             f"labeled indoor scenes; {n_pool} unlabeled outdoor scenes with sparse LiDAR (1-5% of pixels, 2% noise, "
+             f"labeled outdoor scenes; {n_pool} unlabeled shifted outdoor scenes with sparse LiDAR (1-5% of pixels, 2% noise, "
              f"10% outliers x 0.3..3) -> `label --align-to`; metric student ({s_steps} steps x {batch}, max depth "
              f"{MAX_DEPTH:g} m) on those labels only; {n_test} held-out outdoor test scenes, depth "
              f"1e-3..{MAX_DEPTH:g} m. Seeds {seeds}; mean ± std over seeds (each seed in brackets). Metric "

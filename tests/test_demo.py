@@ -278,3 +278,18 @@ def test_resume_continues_an_interrupted_training_from_its_checkpoint(tmp_path):
     assert (checkpoint / "trainer.pt").stat().st_mtime_ns == stamp  # kept, not removed and retrained
     a, b = demo.load_model(whole.final).state_dict(), demo.load_model(resumed.final).state_dict()
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+
+
+def test_generated_data_is_rendered_again_when_a_domain_definition_changes(tmp_path, monkeypatch):
+    import dataclasses
+
+    from pseudodepth import synth
+
+    data = {"n_source_train": 1, "n_target_unlabeled": 1, "n_source_test": 1, "n_target_test": 1, "size": [16, 16],
+            "seed": 3, "workers": 1}
+    first = demo.generate_data(tmp_path, data)["target_test"] / "images" / "000000.png"
+    before = first.read_bytes()
+    assert demo.generate_data(tmp_path, data)["target_test"] / "images" / "000000.png" == first
+    monkeypatch.setitem(synth.DOMAINS, "target", dataclasses.replace(synth.DOMAINS["target"], camera_effects=(1.0, 1.0)))
+    demo.generate_data(tmp_path, data)
+    assert first.read_bytes() != before  # same names, counts and seeds; another domain: new images

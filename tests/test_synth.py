@@ -333,3 +333,15 @@ def test_make_demo_data_writes_disjoint_splits(tmp_path):
 def test_contact_sheet_layout():
     sheet = contact_sheet(count=2, size=(20, 24))
     assert sheet.shape == (4 * 20, 2 * 24, 3) and sheet.dtype == np.uint8
+
+
+def test_domain_fingerprint_changes_with_any_parameter_and_only_then():
+    import dataclasses
+
+    from pseudodepth.synth import domain_fingerprint
+
+    base = domain_fingerprint("source", "target")
+    assert base == domain_fingerprint("source", "target") and len(base) == 16
+    assert base != domain_fingerprint("target", "source")
+    changed = dataclasses.replace(DOMAINS["target"], camera_effects=(0.0, 0.5))
+    assert domain_fingerprint("source", changed) != base

@@ -33,7 +33,7 @@ from .baselines import BlindMap
 from .data.sources import folder as folder_source
 from .models import load_model
 from .store import LabelStore
-from .synth import DOMAINS, sample_scene, write_domain
+from .synth import DOMAINS, domain_fingerprint, sample_scene, write_domain
 
 SEVERITY_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # camera-effect severity bins of the target test scenes
 EXTRA_SCENES = 300_000  # offset of the oracle / validation / source-pool scenes in a seed's range (< SCENES_PER_SEED / 3)
@@ -149,7 +149,8 @@ def extra_splits(root: Path, settings) -> dict[str, Path]:
     for offset, (name, (domain, count, with_depth)) in enumerate(wanted.items()):
         folder = root / name
         marker = folder / "scenes.json"
-        spec = json.dumps({"count": count, "seed0": d["seed"] + EXTRA_SCENES * (offset + 1), "size": list(d["size"])})
+        spec = json.dumps({"count": count, "seed0": d["seed"] + EXTRA_SCENES * (offset + 1), "size": list(d["size"]),
+                           "domain": domain_fingerprint(domain)})
         if not (marker.is_file() and marker.read_text() == spec):
             write_domain(folder, domain, count, d["seed"] + EXTRA_SCENES * (offset + 1), tuple(d["size"]),
                          with_depth=with_depth, workers=d.get("workers", 1))
@@ -206,7 +207,8 @@ def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[s
     own train into ``ablation_<index>``). A row that starts from the seed's teacher (every student, the
     continued teacher) is retrained when the teacher was: its configuration names the teacher's folder,
     not its weights."""
-    from .demo import deep_merge, train_recipe
+    from .config import deep_merge
+    from .demo import train_recipe
 
     teacher_final = f"{settings.teacher['train']['out']}/final"
     if row.kind == "teacher":

@@ -56,7 +56,7 @@ from .models import load_model
 from .report import run as run_report
 from .report.run import ERROR_SCALE, SceneViews, pseudo_label_rows, scene_figure, scene_views
 from .stages import Stages, Trained, cpu_seconds, evaluate_sets, label_images, train_run
-from .synth import make_demo_data
+from .synth import domain_fingerprint, make_demo_data
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
@@ -154,10 +154,11 @@ def default_photos() -> Path | None:
 
 def generate_data(out: Path, data: dict) -> dict[str, Path]:
     """``out/data/<split>`` from :func:`pseudodepth.synth.make_demo_data`; reused when an earlier run
-    wrote the same settings (``out/data/demo_data.json``)."""
+    wrote the same settings with the same domain definitions (``out/data/demo_data.json``)."""
     root = out / "data"
     marker = root / "demo_data.json"
-    wanted = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data.items())})
+    wanted = json.dumps({**{k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data.items())},
+                         "domains": domain_fingerprint("source", "target")})
     splits = ("source_train", "target_unlabeled", *TEST_SPLITS)
     if marker.is_file() and marker.read_text() == wanted and all((root / s / "images").is_dir() for s in splits):
         return {s: root / s for s in splits}

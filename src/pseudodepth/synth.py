@@ -52,7 +52,7 @@ from .imageio import atomic_write_bytes
 
 __all__ = [
     "Box", "Camera", "CameraEffects", "Cylinder", "DOMAINS", "DomainConfig", "Lighting", "Material", "Plane", "Scene",
-    "Sky", "Sphere", "contact_sheet", "make_demo_data", "render", "render_scene", "rotation",
+    "Sky", "Sphere", "contact_sheet", "domain_fingerprint", "make_demo_data", "render", "render_scene", "rotation",
     "sample_scene", "write_domain",
 ]
 
@@ -846,6 +846,15 @@ def _domain(domain: str | DomainConfig) -> DomainConfig:
     if domain not in DOMAINS:
         raise ValueError(f"unknown scene domain {domain!r}; use one of {sorted(DOMAINS)} or a DomainConfig")
     return DOMAINS[domain]
+
+
+def domain_fingerprint(*domains: str | DomainConfig) -> str:
+    """16 hex characters over every parameter of ``domains``: a data marker that holds it is stale as soon as
+    a domain's definition changes, even when the names, counts and seeds stay the same."""
+    import hashlib
+
+    params = [dataclasses.asdict(_domain(d)) for d in domains]
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 def render_scene(domain: str | DomainConfig, seed: int,
