@@ -15,14 +15,8 @@ import torch
 from pseudodepth.config import load_config
 from pseudodepth.data import normalize_imagenet
 from pseudodepth.models import build_model, load_model, save_checkpoint
-from pseudodepth.train import (
-    TRAINER_STATE,
-    DepthAndFeatures,
-    Dist,
-    latest_checkpoint,
-    student_loss,
-    train,
-)
+from pseudodepth.checkpoints import TRAINER_STATE, latest_checkpoint
+from pseudodepth.train import DepthAndFeatures, Dist, student_loss, train
 
 from test_losses import ref_drop_top, ref_gradient_loss, ref_masked_mean, ref_ssi_map
 from train_helpers import labeled_folder, write_config
