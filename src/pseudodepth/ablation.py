@@ -246,8 +246,8 @@ def severity_means(per_image_csv: Path, split: Path) -> list[float | None] | Non
     scores = {int(r["index"]): float(r["abs_rel"]) for r in csv.DictReader(per_image_csv.open()) if r["abs_rel"]}
     means = []
     for low, high in zip(SEVERITY_BINS, SEVERITY_BINS[1:]):
-        inside = [scores[i] for i, s in enumerate(severity) if low <= s < high or (high == 1.0 and s == 1.0)]
-        inside = [v for v in inside if np.isfinite(v)]
+        inside = [scores.get(i) for i, s in enumerate(severity) if low <= s < high or (high == 1.0 and s == 1.0)]
+        inside = [v for v in inside if v is not None and np.isfinite(v)]  # a skipped image (no valid pixel) has none
         means.append(float(np.mean(inside)) if inside else None)
     return means
 
