@@ -295,7 +295,7 @@ def test_severity_means_bin_per_image_scores_by_the_scenes_camera_effects(tmp_pa
     csv_path = tmp_path / "per_image.csv"
     skipped = 5  # an image without a valid pixel: an empty abs_rel cell
     csv_path.write_text("model,index,abs_rel\n" + "".join(f"m,{i},{'' if i == skipped else v}\n" for i, v in enumerate(scores)))
-    got = ablation.severity_means(csv_path, split)
+    got = ablation.severity_means(csv_path, severity)
     for k, (low, high) in enumerate(zip(ablation.SEVERITY_BINS, ablation.SEVERITY_BINS[1:])):
         inside = [scores[i] for i in range(12) if i != skipped and (low <= severity[i] < high or severity[i] == high == 1.0)]
         assert (got[k] is None) if not inside else got[k] == pytest.approx(np.mean(inside))

@@ -181,6 +181,7 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
     if wrong.get("ratios") and any(row.labels == "wrong" for row in rows):
         stores["wrong"] = corrupt_store(stores["clean"], out / "labels" / "target_unlabeled_wrong",
                                         float(wrong.get("area", 0.25)), settings.seed)
+    severity = scene_severities(out / "data" / "target_test")  # once per seed, not once per row
     results: dict[str, dict] = {}
     for index, row in enumerate(plan(settings)):
         if only is not None and row.name not in only:
@@ -191,7 +192,7 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
         per_image = out / "ablation_eval" / f"row{index}"
         scores = evaluate_models({row.name: model}, out / "data", settings, per_image, progress,
                                  extra_splits=splits)[row.name]
-        by_severity = severity_means(per_image / "target_test" / "per_image.csv", out / "data" / "target_test")
+        by_severity = severity_means(per_image / "target_test" / "per_image.csv", severity)
         if by_severity is not None:
             scores["target_abs_rel_by_severity"] = by_severity
         if row.kind != "blind":
@@ -238,9 +239,9 @@ def scene_severities(split: Path) -> np.ndarray | None:
                      for i in range(manifest["count"])])
 
 
-def severity_means(per_image_csv: Path, split: Path) -> list[float | None] | None:
-    """Mean AbsRel of the split's images per bin of :data:`SEVERITY_BINS` (None: an empty bin)."""
-    severity = scene_severities(split)
+def severity_means(per_image_csv: Path, severity: np.ndarray | None) -> list[float | None] | None:
+    """Mean AbsRel per bin of :data:`SEVERITY_BINS` (None: an empty bin) of the images scored in
+    ``per_image_csv``, image ``i`` having camera severity ``severity[i]`` (:func:`scene_severities`)."""
     if severity is None or not per_image_csv.is_file():
         return None
     scores = {int(r["index"]): float(r["abs_rel"]) for r in csv.DictReader(per_image_csv.open()) if r["abs_rel"]}
