@@ -211,21 +211,19 @@ def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[s
     from .config import deep_merge
     from .demo import train_recipe
 
-    teacher_final = f"{settings.teacher['train']['out']}/final"
     if row.kind == "teacher":
         if not row.overrides:
             return teacher
-        from_teacher = (row.overrides.get("model") or {}).get("init") == teacher_final
-        return train_recipe(settings.teacher, out, row.overrides, name=row.name,
-                            resume=resume and not (from_teacher and teacher.fresh))
-    if row.overrides == {} and row.labels == "clean" and "student" in reuse:
-        return reuse["student"]
-    overrides = deep_merge(row.overrides or {}, {
-        "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
-    overrides.setdefault("train", {}).setdefault("out", f"ablation_{index}")
-    from_teacher = deep_merge(settings.student, overrides)["model"]["init"] == teacher_final
-    return train_recipe(settings.student, out, overrides, name=row.name,
-                        resume=resume and not (from_teacher and teacher.fresh))
+        recipe, overrides = settings.teacher, row.overrides
+    else:
+        if row.overrides == {} and row.labels == "clean" and "student" in reuse:
+            return reuse["student"]
+        recipe = settings.student
+        overrides = deep_merge(row.overrides or {}, {
+            "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
+        overrides.setdefault("train", {}).setdefault("out", f"ablation_{index}")
+    from_teacher = deep_merge(recipe, overrides)["model"]["init"] == f"{settings.teacher['train']['out']}/final"
+    return train_recipe(recipe, out, overrides, name=row.name, resume=resume and not (from_teacher and teacher.fresh))
 
 
 def scene_severities(split: Path) -> np.ndarray | None:
