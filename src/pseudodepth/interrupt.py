@@ -101,3 +101,10 @@ def interrupt_line(args, argv: list[str], err: KeyboardInterrupt, prog: str = "p
     if command == "eval":
         return f"interrupted: nothing written (metrics are written at the end); run again: {again}"
     return "interrupted"
+
+
+def ignore_in_worker(_worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: a worker ignores SIGINT, so Ctrl-C (sent to the whole process group)
+    stops only the main process, which finishes its step; a worker killed by it would end the run with an
+    EOFError instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -74,7 +74,7 @@ from pseudodepth.data import DepthDataset, make_source, normalize_imagenet, spli
 from pseudodepth.data.sampling import ShardBatches, StepBatches, WeightedSources
 from pseudodepth.infer import autocast
 from pseudodepth.licences import trained_licence
-from pseudodepth.interrupt import DeferredInterrupt, Interrupted
+from pseudodepth.interrupt import DeferredInterrupt, Interrupted, ignore_in_worker
 from pseudodepth.models import ARCHS, DEFAULT_SEED, PRESETS, head_outputs, is_metric, load_encoder_state, load_model, \
     max_depth_of, model_info, save_checkpoint, set_max_depth
 from pseudodepth.models import build_model as build_preset
@@ -149,7 +149,7 @@ def make_batches(data: WeightedSources, batch_size: int, config: TrainConfig, st
                           ctx.rank, ctx.world, name)
     workers = config.train.workers
     return DataLoader(data, batch_sampler=sampler, num_workers=workers, pin_memory=ctx.device.type == "cuda",
-                      prefetch_factor=2 if workers else None, persistent_workers=False)
+                      prefetch_factor=2 if workers else None, persistent_workers=False, worker_init_fn=ignore_in_worker)
 
 
 def build_unlabeled(config: TrainConfig, ctx: Dist) -> WeightedSources | ShardDataset:

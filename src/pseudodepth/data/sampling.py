@@ -18,6 +18,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pseudodepth.data.dataset import DepthDataset
+from pseudodepth.interrupt import ignore_in_worker
 from pseudodepth.shards import ShardDataset, ShardError
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ class ShardBatches:
         self.workers = config.train.workers
         self.loader = DataLoader(data, batch_size=batch_size, num_workers=self.workers, drop_last=True,
                                  pin_memory=ctx.device.type == "cuda", prefetch_factor=2 if self.workers else None,
-                                 persistent_workers=False)
+                                 persistent_workers=False, worker_init_fn=ignore_in_worker)
         self.epoch_steps(0)  # too little data fails now, not after the first epoch
 
     def __len__(self) -> int:
