@@ -2,18 +2,20 @@
 
 Every stage runs the real command's code (``DIR`` is ``--out``)::
 
-    1 data     synth.make_demo_data       DIR/data/{source_train, target_unlabeled, source_test, target_test}
+    1 data     synth.make_demo_data       DIR/data/{source_train, target_unlabeled, source_unlabeled, source_test,
+                                                    target_test}
     2 teacher  train(demo_teacher.yaml)   DIR/teacher/   labeled source scenes only
-    3 label    label.label_folder         DIR/labels/target_unlabeled/ (+ DIR/labels/photos/, the real photos)
-    4 student  train(demo_student.yaml)   DIR/student/   labeled source + the pseudo-labeled target pool
+    3 label    label.label_folder         DIR/labels/{target_unlabeled, source_unlabeled}/ (+ DIR/labels/photos/)
+    4 student  train(demo_student.yaml)   DIR/student/   labeled source + the pseudo-labeled pool
     5 eval     evaluate.evaluate          DIR/eval/{source_test, target_test}/
     6 report   report.Report              DIR/metrics.json, DIR/report.md, DIR/report.html, DIR/figures/
 
 The labeled *source* domain is rooms (walls, floors, boxes, spheres, tables; depth to 20 m); the
 unlabeled *target* domain is the same kind of rooms seen through a poor camera (``synth.CameraEffects``:
-a global hue shift, washed-out colours, lost contrast, wrong exposure and blur, severity 0-1 per image),
+a global hue shift, washed-out colours, lost contrast, wrong exposure and blur, severity 0-0.7 per image),
 like a cheap camera with poor white balance and a dirty lens. The teacher never sees the target domain; the student starts
-from the teacher's weights and sees the target pool through the teacher's
+from the teacher's weights and sees the unlabeled pool (the target images and as many clean, generic
+images of the source kind, as Depth Anything's pool is generic web images) through the teacher's
 pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
 to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
 random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
@@ -62,7 +64,10 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 TEST_SPLITS = ("source_test", "target_test")
 MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
-DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_test", "n_target_test", "size", "seed", "workers"}
+DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_unlabeled", "n_source_test", "n_target_test", "size", "seed",
+             "workers"}
+# the unlabeled pool, pseudo-labelled into labels/<split>: the target images and clean (generic) source-domain images
+POOL_SPLITS = ("target_unlabeled", "source_unlabeled")
 QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train", "ablation"}
 
 
@@ -159,7 +164,7 @@ def generate_data(out: Path, data: dict) -> dict[str, Path]:
     marker = root / "demo_data.json"
     wanted = json.dumps({**{k: list(v) if isinstance(v, tuple) else v for k, v in sorted(data.items())},
                          "domains": domain_fingerprint("source", "target")})
-    splits = ("source_train", "target_unlabeled", *TEST_SPLITS)
+    splits = ("source_train", *TEST_SPLITS, *(s for s in POOL_SPLITS if data.get(f"n_{s}", 0) > 0))
     if marker.is_file() and marker.read_text() == wanted and all((root / s / "images").is_dir() for s in splits):
         return {s: root / s for s in splits}
     shutil.rmtree(root, ignore_errors=True)
@@ -293,19 +298,21 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
     d = settings.data
 
     with stages("data", f"rendering {d['n_source_train']} labeled source scenes, {d['n_target_unlabeled']} unlabeled "
-                        f"target scenes, {d['n_source_test']} + {d['n_target_test']} test scenes"):
+                        f"target + {d['n_source_unlabeled']} unlabeled source scenes, {d['n_source_test']} + "
+                        f"{d['n_target_test']} test scenes"):
         folders = generate_data(out, settings.data)
     with stages("teacher", f"training on the {d['n_source_train']} labeled source scenes only"):
         teacher = train_recipe(settings.teacher, out, name="configs/demo_teacher.yaml", resume=resume)
-    with stages("label", f"pseudo-labelling the {d['n_target_unlabeled']} target images"
-                         + (f" and the photos in {photo_dir}" if photo_dir else "")):
-        label_summary = pseudo_label(teacher, folders["target_unlabeled"], out / "labels" / "target_unlabeled",
-                                     settings, progress)
+    with stages("label", f"pseudo-labelling the unlabeled pool ({d['n_target_unlabeled']} target + "
+                         f"{d['n_source_unlabeled']} clean images)" + (f" and the photos in {photo_dir}" if photo_dir else "")):
+        label_summary = "; ".join(f"{split}: " + pseudo_label(teacher, folders[split], out / "labels" / split,
+                                                               settings, progress)
+                                  for split in POOL_SPLITS if split in folders)
         photo_summary = ""
         if photo_dir is not None:
             to_label = link_first_images(photo_dir, settings.photos_to_label, out / "data" / "photos")
             photo_summary = pseudo_label(teacher, to_label, out / "labels" / "photos", settings, progress)
-    with stages("student", "training on labeled source + pseudo-labeled target images"):
+    with stages("student", "training on labeled source + the pseudo-labeled pool"):
         student = train_recipe(settings.student, out, name="configs/demo_student.yaml",
                                resume=resume and not teacher.fresh)
     with stages("eval", f"teacher and student on {' and '.join(TEST_SPLITS)}"):
@@ -365,7 +372,8 @@ def _recipe_table(settings: DemoSettings) -> rp.Table:
          f"`{s['model']['init']}`" + (" (the teacher's final weights)" if s["model"]["init"].endswith("/final")
                                       else "")],
         ["data", f"{settings.data['n_source_train']} labeled source scenes",
-         f"the same + {settings.data['n_target_unlabeled']} pseudo-labeled target images"],
+         f"the same + {settings.data['n_target_unlabeled']} pseudo-labeled target images + "
+         f"{settings.data['n_source_unlabeled']} pseudo-labeled clean source-kind images"],
         ["steps x batch", f"{t['train']['steps']} x {t['train']['batch_size']}",
          f"{s['train']['steps']} x {s['train']['batch_size']} (labeled : unlabeled = "
          f"{s['train']['labeled_ratio'][0]} : {s['train']['labeled_ratio'][1]})"],
@@ -416,7 +424,8 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
         "one domain (rooms) pseudo-labels unlabeled images of a shifted domain (the same kind of rooms through a "
         "poor camera: hue shift, washed-out colours, low contrast, wrong exposure, blur); a **student**, started "
         "from the teacher's weights and trained on the labeled scenes plus those "
-        "pseudo-labels is then compared with its teacher and with an image-blind baseline on held-out scenes of "
+        "pseudo-labels (and those of as many clean, unlabeled images of the source kind: Depth Anything's "
+        "unlabeled pool is generic images, not only the target's) is then compared with its teacher and with an image-blind baseline on held-out scenes of "
         "both domains. " + verdict,
         "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
                                                                if settings.quick else "")
@@ -469,7 +478,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                f"{100 * np.mean(logs['student']['feature_alignment'] > 0):.0f}% of the logged steps."
                if fa["enabled"] else " is off in this recipe: the encoder it would keep is the teacher's, not a "
                                      "semantic one (the ablation's last Table 9 row measures it)."),
-            f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
+            f"Pseudo-labels (`labels/<split>`): {run.label_summary}.")
     if run.ablation is not None:
         doc.add("Ablation: baselines, controls, Table 9 rows and wrong pseudo-labels on several seeds",
                 ablation.goals(run.ablation, run.ablation["student_row"]), *ablation.tables(run.ablation),
