@@ -396,8 +396,8 @@ def test_run_seed_labels_the_flip_store_only_for_a_confidence_row(tmp_path, monk
     monkeypatch.setattr(ablation, "extra_splits", lambda root, s: {"source_pool": root / "source_pool"})
     monkeypatch.setattr(demo, "pseudo_label", lambda teacher, images, store, s, progress, confidence=None:
                         labelled.append((images.name, store.relative_to(tmp_path).as_posix(), confidence)) or "ok")
-    monkeypatch.setattr(demo, "train_recipe", lambda recipe, out, overrides, name, resume:
-                        trained.update({name: (overrides, resume)}) or demo.Trained(out / overrides["train"]["out"], True))
+    monkeypatch.setattr(demo, "train_recipe", lambda recipe, out, overrides, name, resume: trained.update(
+        {name: (overrides, resume)}) or demo.Trained(out / overrides["train"]["out"], True))
     monkeypatch.setattr(ablation, "load_model", lambda path: path)
     monkeypatch.setattr(demo, "evaluate_models", lambda models, *a, **k:
                         {n: {"target_test": {"abs_rel": 0.2}} for n in models})

@@ -18,8 +18,8 @@ pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Eve
 to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
 random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
 teacher, an oracle), the rows of Depth Anything V1's Table 9, the filter on wrong pseudo-labels and
-the confidence and edge-aware filters (:mod:`pseudodepth.ablation`). ``--resume`` continues an interrupted run: finished models (same
-configuration) and label stores are reused.
+the confidence and edge-aware filters (:mod:`pseudodepth.ablation`). ``--resume`` continues an
+interrupted run: finished models (same configuration) and label stores are reused.
 
 Settings are data: ``configs/demo.yaml`` (sizes, input size, figures, quick mode, ablation rows)
 and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_student.yaml``.
