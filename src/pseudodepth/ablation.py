@@ -38,17 +38,19 @@ from .models import load_model
 from .store import LabelStore
 from .synth import DOMAINS, domain_fingerprint, sample_scene, write_domain
 
-SEVERITY_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # camera-effect severity bins of the target test scenes
+# camera-effect severity bins of the target test scenes: four equal bins over the target domain's range
+SEVERITY_BINS = tuple(float(x) for x in np.linspace(*DOMAINS["target"].camera_effects, 5))
 ABLATION_KEYS = {"seeds", "rows", "compute_matched", "oracle", "teacher_continued", "source_pool", "wrong_labels",
                  "confidence", "edge_aware"}  # configs/demo.yaml `ablation:`
-EXTRA_SCENES = 300_000  # offset of the oracle / validation / source-pool scenes in a seed's range (< SCENES_PER_SEED / 3)
+EXTRA_SCENES = 300_000  # offset of the oracle / validation scenes in a seed's range (< SCENES_PER_SEED / 3)
 
 
 @dataclass(frozen=True)
 class Row:
     """One scored model of a seed. ``kind``: blind | teacher | student; ``overrides`` are merged over the
-    teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean | wrong |
-    source_pool | flip: the target pool labelled with flip-agreement confidence maps)."""
+    teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean: the demo's pool,
+    target + clean images | wrong | source_pool: the pool's clean images only | flip: the pool labelled with
+    flip-agreement confidence maps)."""
 
     name: str
     group: str
@@ -79,7 +81,7 @@ def plan(settings) -> list[Row]:
                                     "train": {"steps": s["steps"], "batch_size": s["batch_size"],
                                               "out": "teacher_continued"}}))
     if a.get("source_pool", True):
-        rows.append(Row("student recipe, unlabeled pool = clean source images (no target image)", "controls",
+        rows.append(Row("student recipe on the pool's clean source-kind images only (no target image)", "controls",
                         "student", {"train": {"out": "student_source_pool"}}, labels="source_pool"))
     wrong = a.get("wrong_labels") or {}
     for ratio in wrong.get("ratios", []):
@@ -145,16 +147,17 @@ def wrong_regions(disparity: np.ndarray, area: float, rng: np.random.Generator) 
     return d, wrong
 
 
-def corrupt_store(source: Path, out: Path, area: float, seed: int) -> Path:
-    """A copy of the label store ``source`` at ``out`` whose every label went through :func:`wrong_regions`."""
+def corrupt_store(source: Path, out: Path, area: float, seed: int, stream: int = 0) -> Path:
+    """A copy of the label store ``source`` at ``out`` whose every label went through :func:`wrong_regions`
+    (random regions drawn from ``seed`` and ``stream``: one stream per store of a seed)."""
     clean, corrupted = LabelStore(source), LabelStore(out)
     meta = clean.meta()
-    fingerprint = f"{meta['teacher']}-wrong{area:g}-{seed}"
+    fingerprint = f"{meta['teacher']}-wrong{area:g}-{seed}-{stream}"
     if corrupted.meta().get("teacher") == fingerprint and corrupted.rows():
         return out
     corrupted.open_for(fingerprint, {**{k: v for k, v in meta.items() if k != "teacher"},
                                      "wrong_regions": {"area": area, "seed": seed}}, overwrite=True)
-    rng = np.random.default_rng([seed, 7])
+    rng = np.random.default_rng([seed, 7, stream])
     rows = []
     for row in clean.rows("ok"):
         disparity, _ = wrong_regions(clean.read_disparity(row), area, rng)
@@ -171,12 +174,10 @@ def corrupt_store(source: Path, out: Path, area: float, seed: int) -> Path:
 
 def extra_splits(root: Path, settings) -> dict[str, Path]:
     """Scenes the main demo does not need: labeled *target* scenes ``target_train`` (the oracle's data, as
-    many as the labeled source scenes) and ``target_val`` (choosing the filter ratio), and ``source_pool``
-    (as many clean *source* images as the target pool, for the augmentation-only control). Reused when present."""
+    many as the labeled source scenes) and ``target_val`` (choosing the filter ratio). Reused when present."""
     d, a = settings.data, settings.ablation
     wanted = {"target_train": ("target", d["n_source_train"], True),
-              "target_val": ("target", int((a.get("wrong_labels") or {}).get("n_val", 100)), True),
-              "source_pool": ("source", d["n_target_unlabeled"], False)}
+              "target_val": ("target", int((a.get("wrong_labels") or {}).get("n_val", 100)), True)}
     folders = {}
     for offset, (name, (domain, count, with_depth)) in enumerate(wanted.items()):
         folder = root / name
@@ -196,26 +197,27 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
     """Train and score every row of :func:`plan` for ``settings.seed`` under ``out``; ``reuse`` maps
     ``"teacher"`` / ``"student"`` to models already trained with exactly these settings (the main run).
     ``only``: train (and score) just the rows of these names (the others are left alone)."""
-    from .demo import evaluate_models, generate_data, pseudo_label, train_recipe, zero_output_share
+    from .demo import POOL_SPLITS, evaluate_models, generate_data, pseudo_label, train_recipe, zero_output_share
 
     reuse = reuse or {}
     folders = generate_data(out, settings.data)
-    extra = extra_splits(out / "data", settings)
+    extra_splits(out / "data", settings)
     teacher = reuse.get("teacher") or train_recipe(settings.teacher, out, name="teacher recipe", resume=resume)
     rows = [row for row in plan(settings) if only is None or row.name in only]
-    stores = {"clean": out / "labels" / "target_unlabeled"}
+    pool = [split for split in POOL_SPLITS if split in folders]  # the demo's unlabeled pool: target + clean images
+    stores = {"clean": [out / "labels" / split for split in pool],
+              "source_pool": [out / "labels" / split for split in pool if split != "target_unlabeled"]}
     if "teacher" not in reuse:
-        pseudo_label(teacher, folders["target_unlabeled"], stores["clean"], settings, progress)
-    if any(row.labels == "source_pool" for row in rows):
-        stores["source_pool"] = out / "labels" / "source_pool"
-        pseudo_label(teacher, extra["source_pool"], stores["source_pool"], settings, progress)
+        for split, store in zip(pool, stores["clean"]):
+            pseudo_label(teacher, folders[split], store, settings, progress)
     if any(row.labels == "flip" for row in rows):  # the same pool and teacher, with flip-agreement confidence maps
-        stores["flip"] = out / "labels" / "target_unlabeled_flip"
-        pseudo_label(teacher, folders["target_unlabeled"], stores["flip"], settings, progress, confidence="flip")
+        stores["flip"] = [out / "labels" / f"{split}_flip" for split in pool]
+        for split, store in zip(pool, stores["flip"]):
+            pseudo_label(teacher, folders[split], store, settings, progress, confidence="flip")
     wrong = settings.ablation.get("wrong_labels") or {}
     if wrong.get("ratios") and any(row.labels == "wrong" for row in rows):
-        stores["wrong"] = corrupt_store(stores["clean"], out / "labels" / "target_unlabeled_wrong",
-                                        float(wrong.get("area", 0.25)), settings.seed)
+        stores["wrong"] = [corrupt_store(store, store.with_name(f"{store.name}_wrong"), float(wrong.get("area", 0.25)),
+                                         settings.seed, stream=k) for k, store in enumerate(stores["clean"])]
     severity = scene_severities(out / "data" / "target_test")  # once per seed, not once per row
     results: dict[str, dict] = {}
     for index, row in enumerate(plan(settings)):
@@ -237,16 +239,16 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
     return results
 
 
-def row_recipe(row: Row, index: int, settings, stores: dict[str, Path]) -> tuple[dict, dict]:
+def row_recipe(row: Row, index: int, settings, stores: dict[str, list[Path]]) -> tuple[dict, dict]:
     """``(recipe, overrides)`` that train ``row``, the ``index``-th row of the plan: the teacher or student
-    recipe and the row's overrides; a student also gets its label store ``stores[row.labels]`` and, without
+    recipe and the row's overrides; a student also gets its label stores ``stores[row.labels]`` and, without
     an ``out`` of its own, trains into ``ablation_<index>``."""
     from .config import deep_merge
 
     if row.kind == "teacher":
         return settings.teacher, row.overrides or {}
     overrides = deep_merge(row.overrides or {}, {
-        "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
+        "data": {"unlabeled": [{"type": "label_store", "root": str(store)} for store in stores[row.labels]]}})
     overrides.setdefault("train", {}).setdefault("out", f"ablation_{index}")
     return settings.student, overrides
 
@@ -261,7 +263,7 @@ def check_plan(settings) -> list[Row]:
         raise ValueError(f"demo.yaml: ablation: unknown key(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(ABLATION_KEYS))}")
     rows = plan(settings)
-    stores = {row.labels: Path("labels") / row.labels for row in rows}
+    stores = {row.labels: [Path("labels") / row.labels] for row in rows}
     for index, row in enumerate(rows):
         if row.kind != "blind":
             recipe, overrides = row_recipe(row, index, settings, stores)
@@ -270,7 +272,7 @@ def check_plan(settings) -> list[Row]:
     return rows
 
 
-def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[str, Path], reuse: dict,
+def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[str, list[Path]], reuse: dict,
               resume: bool):
     """The trained model of ``row`` (the ``index``-th row of the plan, trained by :func:`row_recipe`). A row
     that starts from the seed's teacher (every student, the continued teacher) is retrained when the teacher
@@ -306,7 +308,8 @@ def severity_means(per_image_csv: Path, severity: np.ndarray | None) -> list[flo
     scores = {int(r["index"]): float(r["abs_rel"]) for r in csv.DictReader(per_image_csv.open()) if r["abs_rel"]}
     means = []
     for low, high in zip(SEVERITY_BINS, SEVERITY_BINS[1:]):
-        inside = [scores.get(i) for i, s in enumerate(severity) if low <= s < high or (high == 1.0 and s == 1.0)]
+        inside = [scores.get(i) for i, s in enumerate(severity)
+                  if low <= s < high or (high == SEVERITY_BINS[-1] and s == high)]
         inside = [v for v in inside if v is not None and np.isfinite(v)]  # a skipped image (no valid pixel) has none
         means.append(float(np.mean(inside)) if inside else None)
     return means
@@ -417,7 +420,9 @@ def goals(summary: dict, student: str) -> rp.Table:
 
 def setup_text(settings) -> str:
     d, t, s = settings.data, settings.teacher, settings.student
-    return (f"Per seed: {d['n_source_train']} labeled source scenes, {d['n_target_unlabeled']} unlabeled target "
+    low, high = DOMAINS["target"].camera_effects
+    return (f"Per seed: {d['n_source_train']} labeled source scenes, an unlabeled pool of {d['n_target_unlabeled']} "
+            f"target images (camera severity {low:g}-{high:g}) + {d.get('n_source_unlabeled', 0)} clean source-kind "
             f"images, {d['n_source_test']} + {d['n_target_test']} test scenes ({d['size'][0]} x {d['size'][1]}); "
             f"model `{t['model']['init']}`; teacher {t['train']['steps']} steps x {t['train']['batch_size']}; each "
             f"student {s['train']['steps']} steps x {s['train']['batch_size']} (labeled : unlabeled = "
