@@ -128,7 +128,8 @@ def test_quick_demo_writes_metrics_and_report(quick_run):
             assert scores == pytest.approx(again, rel=1e-6), (name, split)
     assert metrics["teacher"]["target_test"]["abs_rel"] != metrics["student"]["target_test"]["abs_rel"]
     for path in ("teacher/final/model.safetensors", "student/final/model.safetensors", "teacher/log.csv",
-                 "student/log.csv", "labels/target_unlabeled/manifest.parquet", "eval/target_test/per_image.csv",
+                 "student/log.csv", "labels/target_unlabeled/manifest.parquet",
+                 "labels/source_unlabeled/manifest.parquet", "eval/target_test/per_image.csv",
                  "run.json", "figures/examples.png", "figures/curves.png"):
         assert (out / path).is_file(), path
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
@@ -196,7 +197,9 @@ def test_quick_ablation_reuses_the_main_run(quick_run):
     assert (out / "data" / "target_train" / "depth").is_dir() and (out / "data" / "target_val" / "depth").is_dir()
     wrong = [n for n in names if n.startswith("wrong labels")]
     assert len(wrong) == 2 and all("target_val" in rows[n] for n in wrong)
-    assert (out / "labels" / "target_unlabeled_wrong" / "manifest.parquet").is_file()
+    for part in ("target_unlabeled", "source_unlabeled"):  # both parts of the pool, corrupted and flip-labelled
+        assert (out / "labels" / f"{part}_wrong" / "manifest.parquet").is_file()
+        assert (out / "labels" / f"{part}_flip" / "manifest.parquet").is_file()
     # the confidence row trains on the same pool labelled with flip-agreement maps; the edge row on the clean store
     quality = [n for n in names if rows[n]["group"] == "pseudo_label_quality"]
     assert len(quality) == 2 and names[-2:] == quality

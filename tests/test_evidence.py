@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pseudodepth import ablation, demo, losses
+from pseudodepth import ablation, demo, losses, synth
 from pseudodepth.baselines import BlindMap, normalized_disparity
 from pseudodepth.config import config_from_dict
 from pseudodepth.models import build_model, head_outputs
@@ -161,8 +161,8 @@ def test_with_seed_drives_scenes_initialisation_and_training():
     for recipe in (one.teacher, one.student):
         assert recipe["train"]["seed"] == 1 and recipe["model"]["init_seed"] == 1
     d = base.data
-    count = d["n_source_train"] + d["n_target_unlabeled"] + d["n_source_test"] + d["n_target_test"]
-    extra = ablation.EXTRA_SCENES * 3 + d["n_target_unlabeled"]  # the ablation's oracle, validation and source-pool scenes
+    count = d["n_source_train"] + d["n_target_unlabeled"] + d["n_source_test"] + d["n_target_test"] + d["n_source_unlabeled"]
+    extra = ablation.EXTRA_SCENES * 2 + max(d["n_source_train"], base.ablation["wrong_labels"]["n_val"])  # oracle, validation
     assert two.data["seed"] - one.data["seed"] > max(count, extra)  # no scene shared between seeds
     assert demo.with_seed(base, 0).data["seed"] == 0
     with pytest.raises(ValueError, match="--seed"):
@@ -266,7 +266,7 @@ def test_ablation_plan_has_baselines_controls_rows_and_wrong_labels():
     assert ablation.student_row(settings) == next(r["name"] for r in settings.ablation["rows"] if r["student"] == {})
 
 
-def test_ablation_controls_continue_the_teacher_and_train_the_student_recipe_on_clean_source_images():
+def test_ablation_controls_continue_the_teacher_and_train_the_student_recipe_on_the_pools_clean_part():
     settings = demo.load_settings()
     rows = {r.name: r for r in ablation.plan(settings)}
     s = settings.student["train"]
@@ -277,6 +277,17 @@ def test_ablation_controls_continue_the_teacher_and_train_the_student_recipe_on_
     assert continued.overrides["optim"] == settings.student["optim"]
     pool = next(r for r in rows.values() if r.labels == "source_pool")
     assert pool.kind == "student" and pool.group == "controls" and pool.overrides["train"]["out"] != s["out"]
+    target = next(r for r in rows.values() if r.labels == "target_pool")
+    assert target.kind == "student" and target.group == "controls"
+    assert target.overrides["train"]["out"] not in (s["out"], pool.overrides["train"]["out"])
+    stores = {"clean": ["labels/target_unlabeled", "labels/source_unlabeled"], "source_pool": ["labels/source_unlabeled"],
+              "target_pool": ["labels/target_unlabeled"]}
+    _, overrides = ablation.row_recipe(pool, 0, settings, stores)  # the demo's pool without its target images
+    assert overrides["data"]["unlabeled"] == [{"type": "label_store", "root": "labels/source_unlabeled"}]
+    _, overrides = ablation.row_recipe(target, 0, settings, stores)  # ... and without its clean images
+    assert overrides["data"]["unlabeled"] == [{"type": "label_store", "root": "labels/target_unlabeled"}]
+    demo_pool = [u["root"] for u in settings.student["data"]["unlabeled"]]
+    assert demo_pool == stores["clean"]  # the demo's student trains on both parts
     # the student rows train into ablation_<index>: a control inserted before them would move their folders
     names = list(rows)
     assert names.index(continued.name) > max(names.index(r["name"]) for r in settings.ablation["rows"])
@@ -289,7 +300,9 @@ def test_severity_means_bin_per_image_scores_by_the_scenes_camera_effects(tmp_pa
     split = tmp_path / "data" / "target_test"
     severity = ablation.scene_severities(split)
     expected_seeds = json.loads((tmp_path / "data" / "synth.json").read_text())["splits"]["target_test"]["seed0"]
-    assert expected_seeds == 43 and len(severity) == 12 and ((0 <= severity) & (severity <= 1)).all()
+    low, high = ablation.SEVERITY_BINS[0], ablation.SEVERITY_BINS[-1]
+    assert expected_seeds == 43 and len(severity) == 12 and ((low <= severity) & (severity <= high)).all()
+    assert (low, high) == synth.DOMAINS["target"].camera_effects and len(ablation.SEVERITY_BINS) == 5
     assert ablation.scene_severities(tmp_path / "data" / "source_test") is None  # a clean domain
     scores = np.linspace(0.1, 1.2, 12)
     csv_path = tmp_path / "per_image.csv"
@@ -297,7 +310,8 @@ def test_severity_means_bin_per_image_scores_by_the_scenes_camera_effects(tmp_pa
     csv_path.write_text("model,index,abs_rel\n" + "".join(f"m,{i},{'' if i == skipped else v}\n" for i, v in enumerate(scores)))
     got = ablation.severity_means(csv_path, severity)
     for k, (low, high) in enumerate(zip(ablation.SEVERITY_BINS, ablation.SEVERITY_BINS[1:])):
-        inside = [scores[i] for i in range(12) if i != skipped and (low <= severity[i] < high or severity[i] == high == 1.0)]
+        last = high == ablation.SEVERITY_BINS[-1]
+        inside = [scores[i] for i in range(12) if i != skipped and (low <= severity[i] < high or (last and severity[i] == high))]
         assert (got[k] is None) if not inside else got[k] == pytest.approx(np.mean(inside))
 
 
@@ -307,17 +321,18 @@ def test_severity_means_bin_per_image_scores_by_the_scenes_camera_effects(tmp_pa
 # of `demo --ablation` on an existing run folder must find each of these models where it left it
 EXISTING_OUTS = {
     "teacher (labeled source only)": None,  # the seed's teacher itself
-    "+ pseudo-labeled target pool": "ablation_2",
+    "+ pseudo-labeled pool (target + clean images)": "ablation_2",
     "+ strong perturbations (colour, blur, CutMix)": "ablation_3",
     "+ top-10% loss filtering (= the demo's student)": "ablation_4",
     "+ feature alignment (V1: to the student's initial encoder)": "ablation_5",
     "compute-matched teacher (2250 steps)": "teacher_matched",
     "oracle: teacher recipe on 300 labeled target scenes": "oracle",
     "teacher continued on labeled source (the student's steps, batch and schedule)": "teacher_continued",
-    "student recipe, unlabeled pool = clean source images (no target image)": "student_source_pool",
+    "student recipe on the pool's clean source-kind images only (no target image)": "student_source_pool",
+    "student recipe on the pool's target images only (no clean image)": "student_target_pool",
     **{f"wrong labels, filter ratio {r:g}": f"student_wrong_{r:g}" for r in (0.0, 0.1, 0.2, 0.3)},
 }
-STORES = {labels: f"labels/{labels}" for labels in ("clean", "wrong", "source_pool", "flip")}
+STORES = {labels: [f"labels/{labels}"] for labels in ("clean", "wrong", "source_pool", "target_pool", "flip")}
 
 
 def _outs(settings) -> dict:
@@ -339,11 +354,12 @@ def test_confidence_and_edge_rows_are_the_demo_student_plus_one_lever():
     assert conf.overrides == {"loss": {"confidence": {"min": minimum}}, "train": {"out": "student_confidence"}}
     assert edge.overrides == {"loss": {"edge_aware": True}, "train": {"out": "student_edges"}}
     assert "edge" in edge.name and "top 10%" in edge.name
-    for index, row, store in ((ci, conf, "labels/target_unlabeled_flip"), (ei, edge, "labels/target_unlabeled")):
-        recipe, overrides = ablation.row_recipe(row, index, settings, {"clean": "labels/target_unlabeled",
-                                                                       "flip": "labels/target_unlabeled_flip"})
+    pool = {"clean": ["labels/target_unlabeled", "labels/source_unlabeled"],
+            "flip": ["labels/target_unlabeled_flip", "labels/source_unlabeled_flip"]}
+    for index, row, stores in ((ci, conf, pool["flip"]), (ei, edge, pool["clean"])):
+        recipe, overrides = ablation.row_recipe(row, index, settings, pool)
         merged, student = deep_merge(recipe, overrides), settings.student
-        assert merged["data"]["unlabeled"] == [{"type": "label_store", "root": store}]
+        assert merged["data"]["unlabeled"] == [{"type": "label_store", "root": store} for store in stores]
         assert merged["model"]["init"] == f"{settings.teacher['train']['out']}/final"  # from the teacher
         # the demo's student (the Table 9 row with `student: {}`) but for the lever, the store and the folder
         differs = {k for k in merged if merged[k] != student[k]}
@@ -392,8 +408,9 @@ def test_run_seed_labels_the_flip_store_only_for_a_confidence_row(tmp_path, monk
                   next(r.name for r in ablation.plan(settings) if "edge" in r.name))
     labelled, trained = [], {}
     monkeypatch.setattr(demo, "generate_data", lambda out, data: {"target_unlabeled": out / "data" / "pool",
+                                                                  "source_unlabeled": out / "data" / "clean",
                                                                   "source_train": out / "data" / "source"})
-    monkeypatch.setattr(ablation, "extra_splits", lambda root, s: {"source_pool": root / "source_pool"})
+    monkeypatch.setattr(ablation, "extra_splits", lambda root, s: {})
     monkeypatch.setattr(demo, "pseudo_label", lambda teacher, images, store, s, progress, confidence=None:
                         labelled.append((images.name, store.relative_to(tmp_path).as_posix(), confidence)) or "ok")
     monkeypatch.setattr(demo, "train_recipe", lambda recipe, out, overrides, name, resume: trained.update(
@@ -404,23 +421,25 @@ def test_run_seed_labels_the_flip_store_only_for_a_confidence_row(tmp_path, monk
     monkeypatch.setattr(demo, "zero_output_share", lambda *a: 0.0)
     monkeypatch.setattr(ablation, "scene_severities", lambda split: None)
     reuse = {"teacher": demo.Trained(tmp_path / "teacher" / "final", fresh=False)}
-    flip = ("pool", "labels/target_unlabeled_flip", "flip")
+    flip = [("pool", "labels/target_unlabeled_flip", "flip"), ("clean", "labels/source_unlabeled_flip", "flip")]
 
     results = ablation.run_seed(tmp_path, settings, False, reuse, resume=True, only={edge})
     assert labelled == [] and list(results) == [edge] and list(trained) == [edge]
     overrides, resume = trained[edge]
-    assert overrides["data"]["unlabeled"][0]["root"] == str(tmp_path / "labels" / "target_unlabeled")
+    assert [u["root"] for u in overrides["data"]["unlabeled"]] == [str(tmp_path / "labels" / s)
+                                                                   for s in ("target_unlabeled", "source_unlabeled")]
     assert overrides["loss"] == {"edge_aware": True} and resume  # the teacher was reused, not retrained
 
     trained.clear()
     results = ablation.run_seed(tmp_path, settings, False, reuse, resume=True, only={conf})
-    assert labelled == [flip] and list(results) == [conf]
+    assert labelled == flip and list(results) == [conf]
     overrides, _ = trained[conf]
-    assert overrides["data"]["unlabeled"][0]["root"] == str(tmp_path / "labels" / "target_unlabeled_flip")
+    assert [u["root"] for u in overrides["data"]["unlabeled"]] == [str(tmp_path / "labels" / s)
+                                                                   for s in ("target_unlabeled_flip", "source_unlabeled_flip")]
     assert overrides["loss"]["confidence"] == settings.ablation["confidence"]
     assert overrides["train"]["out"] == "student_confidence"
 
     labelled.clear()
-    others = {r.name for r in ablation.plan(settings) if r.kind == "student" and r.labels in ("clean", "source_pool")}
+    others = {r.name for r in ablation.plan(settings) if r.kind == "student" and r.labels in ("clean", "source_pool", "target_pool")}
     ablation.run_seed(tmp_path, settings, False, reuse, resume=True, only=others)
-    assert edge in others and flip not in labelled  # rows without confidence never label the flip store
+    assert edge in others and not set(flip) & set(labelled)  # rows without confidence never label the flip stores

@@ -317,11 +317,19 @@ def test_write_domain_unlabeled_jpeg_and_workers(tmp_path):
 
 
 def test_make_demo_data_writes_disjoint_splits(tmp_path):
-    folders = make_demo_data(tmp_path, 3, 2, 2, 1, seed=5, size=(24, 24))
-    assert set(folders) == {"source_train", "target_unlabeled", "source_test", "target_test"}
+    folders = make_demo_data(tmp_path, 3, 2, 2, 1, seed=5, size=(24, 24), n_source_unlabeled=2)
+    assert set(folders) == {"source_train", "target_unlabeled", "source_test", "target_test", "source_unlabeled"}
     counts = {name: len(list((path / "images").iterdir())) for name, path in folders.items()}
-    assert counts == {"source_train": 3, "target_unlabeled": 2, "source_test": 2, "target_test": 1}
-    assert not (folders["target_unlabeled"] / "depth").exists()
+    assert counts == {"source_train": 3, "target_unlabeled": 2, "source_test": 2, "target_test": 1, "source_unlabeled": 2}
+    assert not (folders["target_unlabeled"] / "depth").exists() and not (folders["source_unlabeled"] / "depth").exists()
+    splits = json.loads((tmp_path / "synth.json").read_text())["splits"]
+    assert splits["source_unlabeled"]["domain"] == "source" and list(splits)[-1] == "source_unlabeled"
+    # the clean pool comes last: without it, the other splits are the very same scenes
+    without = make_demo_data(tmp_path / "without", 3, 2, 2, 1, seed=5, size=(24, 24))
+    assert "source_unlabeled" not in without
+    for name, folder in without.items():
+        assert [p.read_bytes() for p in sorted((folder / "images").iterdir())] == \
+               [p.read_bytes() for p in sorted((folders[name] / "images").iterdir())], name
     assert len(list((folders["target_test"] / "depth").iterdir())) == 1
     splits = json.loads((tmp_path / "synth.json").read_text())["splits"]
     seeds = [set(range(s["seed0"], s["seed0"] + s["count"])) for s in splits.values()]

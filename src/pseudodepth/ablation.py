@@ -8,9 +8,9 @@ initialisation, new data order) and these models are trained and scored on the t
   and student saw together: does the student win only by training longer?), an *oracle* (the
   teacher recipe on as many labeled *target* scenes, at the teacher's compute), the *teacher
   continued* on labeled source for the student's steps, batch and schedule (the student starts from
-  the teacher: does it win only by a second, warm-restarted schedule?) and the *student recipe on a
-  pool of clean source images* pseudo-labeled the same way (do the strong perturbations win as
-  plain augmentation, without any target image?);
+  the teacher: does it win only by a second, warm-restarted schedule?) and the *student recipe on
+  each part of the pool alone*: its clean source-kind images (do the strong perturbations win as
+  plain augmentation, without any target image?) and its target images (what do the clean images add?);
 - **Table 9 rows** of Depth Anything V1: each adds one lever to the row above (``ablation.rows``);
 - **wrong pseudo-labels**: the teacher's labels with regions replaced by wrong depth
   (:func:`wrong_regions`), a student per top-n% filter ratio, and the ratio chosen on a held-out
@@ -40,7 +40,8 @@ from .synth import DOMAINS, domain_fingerprint, sample_scene, write_domain
 
 # camera-effect severity bins of the target test scenes: four equal bins over the target domain's range
 SEVERITY_BINS = tuple(float(x) for x in np.linspace(*DOMAINS["target"].camera_effects, 5))
-ABLATION_KEYS = {"seeds", "rows", "compute_matched", "oracle", "teacher_continued", "source_pool", "wrong_labels",
+ABLATION_KEYS = {"seeds", "rows", "compute_matched", "oracle", "teacher_continued", "source_pool", "target_pool",
+                 "wrong_labels",
                  "confidence", "edge_aware"}  # configs/demo.yaml `ablation:`
 EXTRA_SCENES = 300_000  # offset of the oracle / validation scenes in a seed's range (< SCENES_PER_SEED / 3)
 
@@ -49,7 +50,8 @@ EXTRA_SCENES = 300_000  # offset of the oracle / validation scenes in a seed's r
 class Row:
     """One scored model of a seed. ``kind``: blind | teacher | student; ``overrides`` are merged over the
     teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean: the demo's pool,
-    target + clean images | wrong | source_pool: the pool's clean images only | flip: the pool labelled with
+    target + clean images | wrong | source_pool: the pool's clean images only | target_pool: its target images
+    only | flip: the pool labelled with
     flip-agreement confidence maps)."""
 
     name: str
@@ -83,6 +85,9 @@ def plan(settings) -> list[Row]:
     if a.get("source_pool", True):
         rows.append(Row("student recipe on the pool's clean source-kind images only (no target image)", "controls",
                         "student", {"train": {"out": "student_source_pool"}}, labels="source_pool"))
+    if a.get("target_pool", True):
+        rows.append(Row("student recipe on the pool's target images only (no clean image)", "controls",
+                        "student", {"train": {"out": "student_target_pool"}}, labels="target_pool"))
     wrong = a.get("wrong_labels") or {}
     for ratio in wrong.get("ratios", []):
         train = {"out": f"student_wrong_{ratio:g}", **({"steps": int(wrong["steps"])} if "steps" in wrong else {})}
@@ -206,7 +211,8 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
     rows = [row for row in plan(settings) if only is None or row.name in only]
     pool = [split for split in POOL_SPLITS if split in folders]  # the demo's unlabeled pool: target + clean images
     stores = {"clean": [out / "labels" / split for split in pool],
-              "source_pool": [out / "labels" / split for split in pool if split != "target_unlabeled"]}
+              "source_pool": [out / "labels" / split for split in pool if split != "target_unlabeled"],
+              "target_pool": [out / "labels" / "target_unlabeled"]}
     if "teacher" not in reuse:
         for split, store in zip(pool, stores["clean"]):
             pseudo_label(teacher, folders[split], store, settings, progress)
