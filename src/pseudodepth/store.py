@@ -68,7 +68,6 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 ROW_DEFAULTS = {"invalid": 0, "confidence": "", "scale": None, "shift": None, "inliers": None, "bytes": None,
                 "mtime_ns": None}  # columns added later: rows of older stores get these
-OPTIONAL_COLUMNS = ("scale", "shift", "inliers")  # absent in stores written before metric labels
 LABEL_SPACES = ("disparity", "metric_depth")
 PNG_MAX = 65535
 LOCK_NAME = "label.lock"
