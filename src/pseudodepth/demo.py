@@ -14,8 +14,8 @@ The labeled *source* domain is rooms (walls, floors, boxes, spheres, tables; dep
 unlabeled *target* domain is the same kind of rooms seen through a poor camera (``synth.CameraEffects``:
 a global hue shift, washed-out colours, lost contrast, wrong exposure and blur, severity 0-0.7 per image),
 like a cheap camera with poor white balance and a dirty lens. The teacher never sees the target domain; the student starts
-from the teacher's weights and sees the unlabeled pool (the target images and as many clean, generic
-images of the source kind, as Depth Anything's pool is generic web images) through the teacher's
+from the teacher's weights and sees the unlabeled pool (the target images and as many unlabeled images of
+the labeled (source) domain, other scenes than the labeled ones) through the teacher's
 pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
 to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
 random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
@@ -66,7 +66,7 @@ MODELS = ("teacher", "student")
 SETTINGS_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "quick", "ablation"}
 DATA_KEYS = {"n_source_train", "n_target_unlabeled", "n_source_unlabeled", "n_source_test", "n_target_test", "size", "seed",
              "workers"}
-# the unlabeled pool, pseudo-labelled into labels/<split>: the target images and clean (generic) source-domain images
+# the unlabeled pool, pseudo-labelled into labels/<split>: the target images and unlabeled images of the labeled (source) domain
 POOL_SPLITS = ("target_unlabeled", "source_unlabeled")
 QUICK_KEYS = {"data", "input_size", "label_batch_size", "photos_to_label", "figures", "train", "ablation"}
 
@@ -127,6 +127,10 @@ def load_settings(quick: bool = False, config_dir: str | os.PathLike = CONFIG_DI
         teacher, student = deep_merge(teacher, train_changes), deep_merge(student, train_changes)
     _check_keys(raw["data"], DATA_KEYS, f"{path}: data", required=True)
     _check_keys(raw["figures"], {"examples", "photos"}, f"{path}: figures", required=True)
+    for split in POOL_SPLITS:  # demo_student.yaml trains on both parts of the pool
+        if not (isinstance(raw["data"][f"n_{split}"], int) and raw["data"][f"n_{split}"] > 0):
+            raise ValueError(f"{path}: data.n_{split} must be a positive integer (demo_student.yaml trains on "
+                             f"labels/{split}), got {raw['data'][f'n_{split}']!r}")
     return DemoSettings(data=dict(raw["data"], size=tuple(raw["data"]["size"])), input_size=int(raw["input_size"]),
                         label_batch_size=int(raw["label_batch_size"]), examples=int(raw["figures"]["examples"]),
                         photos=int(raw["figures"]["photos"]), photos_to_label=raw["photos_to_label"], teacher=teacher, student=student,
@@ -429,8 +433,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
         "one domain (rooms) pseudo-labels unlabeled images of a shifted domain (the same kind of rooms through a "
         "poor camera: hue shift, washed-out colours, low contrast, wrong exposure, blur); a **student**, started "
         "from the teacher's weights and trained on the labeled scenes plus those "
-        "pseudo-labels (and those of as many clean, unlabeled images of the source kind: Depth Anything's "
-        "unlabeled pool is generic images, not only the target's) is then compared with its teacher and with an image-blind baseline on held-out scenes of "
+        "pseudo-labels (and those of as many unlabeled images of the labeled source domain, other scenes) is then compared with its teacher and with an image-blind baseline on held-out scenes of "
         "both domains. " + verdict,
         "Everything here was produced by `pseudodepth demo`" + (" `--quick` (toy sizes: the numbers mean nothing)"
                                                                if settings.quick else "")

@@ -719,8 +719,8 @@ _ROOMS = DomainConfig(
 
 DOMAINS: dict[str, DomainConfig] = {
     "source": _ROOMS,
-    # the same kind of rooms seen through a poor camera (severity uniform in 0-0.7 per image: at 1 the
-    # source-trained teacher of the demo is worse than the image-blind map; see README "the evidence")
+    # the same kind of rooms seen through a poor camera (severity uniform in 0-0.7 per image, chosen after
+    # the 0-1 range's run: see README, "demo — the whole loop on generated data")
     "target": dataclasses.replace(_ROOMS, name="target", camera_effects=(0.0, 0.7)),
     "outdoor": DomainConfig(
         name="outdoor", layout="outdoor",
@@ -915,7 +915,7 @@ def make_demo_data(out_dir: str | os.PathLike, n_source_train: int, n_target_unl
 
     `source_train/` (labeled source), `target_unlabeled/` (images only), `source_test/`,
     `target_test/` (labeled) and, when `n_source_unlabeled` > 0, `source_unlabeled/` (clean
-    source-domain images only: the generic part of the unlabeled pool). Split k uses the consecutive
+    source-domain images only: the other part of the unlabeled pool). Split k uses the consecutive
     seed range after split k-1's, starting at `seed`, so no scene appears in two splits (the last
     split comes last so that adding it leaves the others' scenes as they were). `out_dir/synth.json`
     records domains, seeds and size.
