@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pseudodepth import ablation, demo
 from pseudodepth import report as rp
 from pseudodepth.evaluate import evaluate
 from pseudodepth.stages import finished_run
+from pseudodepth.store import LabelStore
 
 PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "photos"
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -195,9 +197,18 @@ def test_quick_ablation_reuses_the_main_run(quick_run):
     wrong = [n for n in names if n.startswith("wrong labels")]
     assert len(wrong) == 2 and all("target_val" in rows[n] for n in wrong)
     assert (out / "labels" / "target_unlabeled_wrong" / "manifest.parquet").is_file()
+    # the confidence row trains on the same pool labelled with flip-agreement maps; the edge row on the clean store
+    quality = [n for n in names if rows[n]["group"] == "pseudo_label_quality"]
+    assert len(quality) == 2 and names[-2:] == quality
+    flip = LabelStore(out / "labels" / "target_unlabeled_flip")
+    assert flip.meta()["settings"]["confidence"] == "flip" and all(r["confidence"] for r in flip.rows("ok"))
+    for folder, loss in (("student_confidence", {"confidence": settings.ablation["confidence"]}),
+                         ("student_edges", {"edge_aware": True})):
+        config = yaml.safe_load((out / folder / "config.yaml").read_text())
+        assert (out / folder / "final").is_dir() and loss.items() <= config["loss"].items()
     assert json.loads((out / "ablation.json").read_text())["per_seed"]["0"].keys() == rows.keys()
     text = (out / "ablation.md").read_text()
-    assert "+ pseudo-labeled target pool" in text and "chosen on target_val" in text
+    assert "+ pseudo-labeled target pool" in text and "chosen on target_val" in text and "confidence and edges" in text
 
 
 def test_bench_demo_results_tabulates_a_finished_run(quick_run, tmp_path, monkeypatch):

@@ -299,3 +299,128 @@ def test_severity_means_bin_per_image_scores_by_the_scenes_camera_effects(tmp_pa
     for k, (low, high) in enumerate(zip(ablation.SEVERITY_BINS, ablation.SEVERITY_BINS[1:])):
         inside = [scores[i] for i in range(12) if i != skipped and (low <= severity[i] < high or severity[i] == high == 1.0)]
         assert (got[k] is None) if not inside else got[k] == pytest.approx(np.mean(inside))
+
+
+# --------------------------------------------------------------------------- confidence and edges rows
+
+# every row of the shipped plan before the confidence and edge rows, with the folder it trains into: a rerun
+# of `demo --ablation` on an existing run folder must find each of these models where it left it
+EXISTING_OUTS = {
+    "teacher (labeled source only)": None,  # the seed's teacher itself
+    "+ pseudo-labeled target pool": "ablation_2",
+    "+ strong perturbations (colour, blur, CutMix)": "ablation_3",
+    "+ top-10% loss filtering (= the demo's student)": "ablation_4",
+    "+ feature alignment (V1: to the student's initial encoder)": "ablation_5",
+    "compute-matched teacher (2250 steps)": "teacher_matched",
+    "oracle: teacher recipe on 300 labeled target scenes": "oracle",
+    "teacher continued on labeled source (the student's steps, batch and schedule)": "teacher_continued",
+    "student recipe, unlabeled pool = clean source images (no target image)": "student_source_pool",
+    **{f"wrong labels, filter ratio {r:g}": f"student_wrong_{r:g}" for r in (0.0, 0.1, 0.2, 0.3)},
+}
+STORES = {labels: f"labels/{labels}" for labels in ("clean", "wrong", "source_pool", "flip")}
+
+
+def _outs(settings) -> dict:
+    return {row.name: ablation.row_recipe(row, i, settings, STORES)[1].get("train", {}).get("out")
+            for i, row in enumerate(ablation.plan(settings)) if row.kind != "blind"}
+
+
+def test_confidence_and_edge_rows_are_the_demo_student_plus_one_lever():
+    from pseudodepth.config import deep_merge
+
+    settings = demo.load_settings()
+    rows = ablation.check_plan(settings)  # every row's configuration validates
+    quality = [(i, r) for i, r in enumerate(rows) if r.group == "pseudo_label_quality"]
+    assert [i for i, _ in quality] == [len(rows) - 2, len(rows) - 1]  # appended after every other row
+    (ci, conf), (ei, edge) = quality
+    minimum = settings.ablation["confidence"]["min"]
+    assert conf.name == f"+ confidence filter (flip agreement >= {minimum:g})" and conf.kind == "student"
+    assert conf.labels == "flip" and edge.labels == "clean" and edge.kind == "student"
+    assert conf.overrides == {"loss": {"confidence": {"min": minimum}}, "train": {"out": "student_confidence"}}
+    assert edge.overrides == {"loss": {"edge_aware": True}, "train": {"out": "student_edges"}}
+    assert "edge" in edge.name and "top 10%" in edge.name
+    for index, row, store in ((ci, conf, "labels/target_unlabeled_flip"), (ei, edge, "labels/target_unlabeled")):
+        recipe, overrides = ablation.row_recipe(row, index, settings, {"clean": "labels/target_unlabeled",
+                                                                       "flip": "labels/target_unlabeled_flip"})
+        merged, student = deep_merge(recipe, overrides), settings.student
+        assert merged["data"]["unlabeled"] == [{"type": "label_store", "root": store}]
+        assert merged["model"]["init"] == f"{settings.teacher['train']['out']}/final"  # from the teacher
+        # the demo's student (the Table 9 row with `student: {}`) but for the lever, the store and the folder
+        differs = {k for k in merged if merged[k] != student[k]}
+        assert differs - {"data"} == {"loss", "train"}  # the edge row's store is the student's own
+        assert {k: v for k, v in merged["train"].items() if k != "out"} == \
+               {k: v for k, v in student["train"].items() if k != "out"}
+        assert {k for k in merged["loss"] if merged["loss"][k] != student["loss"].get(k)} == \
+               set(row.overrides["loss"])
+    assert ablation.student_row(settings) not in (conf.name, edge.name)
+
+
+def test_existing_ablation_rows_keep_their_folders_and_configuration():
+    settings = demo.load_settings()
+    with_quality = _outs(settings)
+    assert {n: o for n, o in with_quality.items() if n in EXISTING_OUTS} == EXISTING_OUTS
+    assert list(with_quality)[:len(EXISTING_OUTS)] == list(EXISTING_OUTS)
+    without = demo.load_settings()
+    without.ablation = {**without.ablation, "confidence": None, "edge_aware": False}
+    before, after = ablation.plan(without), ablation.plan(settings)
+    assert after[:len(before)] == before and _outs(without) == EXISTING_OUTS
+    assert [r.group for r in after[len(before):]] == ["pseudo_label_quality"] * 2
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"confidence": {"min": 1.5}}, "ablation.confidence must be"),
+    ({"confidence": {"min": 0}}, "ablation.confidence must be"),
+    ({"confidence": 0.5}, "ablation.confidence must be"),
+    ({"confidence": {"minimum": 0.5}}, "ablation.confidence must be"),
+    ({"edge_aware": "yes"}, "ablation.edge_aware must be true or false"),
+    ({"edge_awre": True}, r"unknown key\(s\) edge_awre"),
+])
+def test_bad_confidence_or_edge_settings_fail_before_any_work(change, message, tmp_path, monkeypatch):
+    settings = demo.load_settings(quick=True)
+    settings.ablation = {**settings.ablation, **change}
+    with pytest.raises(ValueError, match=message):
+        ablation.check_plan(settings)
+    monkeypatch.setattr(demo, "load_settings", lambda *a, **k: settings)
+    monkeypatch.setattr(demo, "generate_data", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(ValueError, match=message):
+        demo.run_demo(tmp_path / "run", quick=True, ablation=True, photos=False, progress=False)
+
+
+def test_run_seed_labels_the_flip_store_only_for_a_confidence_row(tmp_path, monkeypatch):
+    settings = demo.load_settings(quick=True)
+    conf, edge = (next(r.name for r in ablation.plan(settings) if r.labels == "flip"),
+                  next(r.name for r in ablation.plan(settings) if "edge" in r.name))
+    labelled, trained = [], {}
+    monkeypatch.setattr(demo, "generate_data", lambda out, data: {"target_unlabeled": out / "data" / "pool",
+                                                                  "source_train": out / "data" / "source"})
+    monkeypatch.setattr(ablation, "extra_splits", lambda root, s: {"source_pool": root / "source_pool"})
+    monkeypatch.setattr(demo, "pseudo_label", lambda teacher, images, store, s, progress, confidence=None:
+                        labelled.append((images.name, store.relative_to(tmp_path).as_posix(), confidence)) or "ok")
+    monkeypatch.setattr(demo, "train_recipe", lambda recipe, out, overrides, name, resume: trained.update(
+        {name: (overrides, resume)}) or demo.Trained(out / overrides["train"]["out"], True))
+    monkeypatch.setattr(ablation, "load_model", lambda path: path)
+    monkeypatch.setattr(demo, "evaluate_models", lambda models, *a, **k:
+                        {n: {"target_test": {"abs_rel": 0.2}} for n in models})
+    monkeypatch.setattr(demo, "zero_output_share", lambda *a: 0.0)
+    monkeypatch.setattr(ablation, "scene_severities", lambda split: None)
+    reuse = {"teacher": demo.Trained(tmp_path / "teacher" / "final", fresh=False)}
+    flip = ("pool", "labels/target_unlabeled_flip", "flip")
+
+    results = ablation.run_seed(tmp_path, settings, False, reuse, resume=True, only={edge})
+    assert labelled == [] and list(results) == [edge] and list(trained) == [edge]
+    overrides, resume = trained[edge]
+    assert overrides["data"]["unlabeled"][0]["root"] == str(tmp_path / "labels" / "target_unlabeled")
+    assert overrides["loss"] == {"edge_aware": True} and resume  # the teacher was reused, not retrained
+
+    trained.clear()
+    results = ablation.run_seed(tmp_path, settings, False, reuse, resume=True, only={conf})
+    assert labelled == [flip] and list(results) == [conf]
+    overrides, _ = trained[conf]
+    assert overrides["data"]["unlabeled"][0]["root"] == str(tmp_path / "labels" / "target_unlabeled_flip")
+    assert overrides["loss"]["confidence"] == settings.ablation["confidence"]
+    assert overrides["train"]["out"] == "student_confidence"
+
+    labelled.clear()
+    others = {r.name for r in ablation.plan(settings) if r.kind == "student" and r.labels in ("clean", "source_pool")}
+    ablation.run_seed(tmp_path, settings, False, reuse, resume=True, only=others)
+    assert edge in others and flip not in labelled  # rows without confidence never label the flip store

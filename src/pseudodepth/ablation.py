@@ -14,7 +14,10 @@ initialisation, new data order) and these models are trained and scored on the t
 - **Table 9 rows** of Depth Anything V1: each adds one lever to the row above (``ablation.rows``);
 - **wrong pseudo-labels**: the teacher's labels with regions replaced by wrong depth
   (:func:`wrong_regions`), a student per top-n% filter ratio, and the ratio chosen on a held-out
-  labeled target *validation* split (never the test split).
+  labeled target *validation* split (never the test split);
+- **pseudo-label quality**: the demo's student plus a confidence filter (its pool labelled again with
+  ``label --confidence flip``, pixels below ``ablation.confidence.min`` dropped) or plus the edge-aware
+  top-n% filter (``loss.edge_aware``): :func:`quality_rows`.
 
 ``out/ablation.json`` holds every score; ``out/ablation.md`` the tables (mean ± std over seeds).
 """
@@ -36,13 +39,16 @@ from .store import LabelStore
 from .synth import DOMAINS, domain_fingerprint, sample_scene, write_domain
 
 SEVERITY_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)  # camera-effect severity bins of the target test scenes
+ABLATION_KEYS = {"seeds", "rows", "compute_matched", "oracle", "teacher_continued", "source_pool", "wrong_labels",
+                 "confidence", "edge_aware"}  # configs/demo.yaml `ablation:`
 EXTRA_SCENES = 300_000  # offset of the oracle / validation / source-pool scenes in a seed's range (< SCENES_PER_SEED / 3)
 
 
 @dataclass(frozen=True)
 class Row:
     """One scored model of a seed. ``kind``: blind | teacher | student; ``overrides`` are merged over the
-    teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean | wrong)."""
+    teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean | wrong |
+    source_pool | flip: the target pool labelled with flip-agreement confidence maps)."""
 
     name: str
     group: str
@@ -80,6 +86,32 @@ def plan(settings) -> list[Row]:
         train = {"out": f"student_wrong_{ratio:g}", **({"steps": int(wrong["steps"])} if "steps" in wrong else {})}
         rows.append(Row(f"wrong labels, filter ratio {ratio:g}", "wrong_labels", "student",
                         {"loss": {"drop_top_ratio": float(ratio)}, "train": train}, labels="wrong"))
+    # appended last, with outs of their own: the rows above keep their index (ablation_<index>) and their folders
+    return rows + quality_rows(settings)
+
+
+def quality_rows(settings) -> list[Row]:
+    """The demo's student plus one pseudo-label-quality lever each (``ablation.confidence`` / ``ablation.edge_aware``):
+    the flip-agreement confidence filter (a second store of the same pool, ``label --confidence flip``) and the
+    edge-aware top-n% filter. A malformed setting fails here, before any work."""
+    a, rows = settings.ablation, []
+    confidence, edges = a.get("confidence"), a.get("edge_aware", False)
+    if confidence is not None:
+        minimum = confidence.get("min") if isinstance(confidence, dict) else None
+        if not (isinstance(confidence, dict) and set(confidence) == {"min"} and isinstance(minimum, (int, float))
+                and not isinstance(minimum, bool) and 0 < minimum <= 1):
+            raise ValueError(f"demo.yaml: ablation.confidence must be {{min: X}} with 0 < X <= 1 (or null: no "
+                             f"confidence row), got {confidence!r}")
+        rows.append(Row(f"+ confidence filter (flip agreement >= {minimum:g})", "pseudo_label_quality", "student",
+                        {"loss": {"confidence": {"min": float(minimum)}}, "train": {"out": "student_confidence"}},
+                        labels="flip"))
+    if not isinstance(edges, bool):
+        raise ValueError(f"demo.yaml: ablation.edge_aware must be true or false, got {edges!r}")
+    if edges:
+        ratio = float(settings.student["loss"]["drop_top_ratio"])
+        rows.append(Row(f"+ edge-aware filter (top {100 * ratio:g}% dropped separately at depth edges and elsewhere)",
+                        "pseudo_label_quality", "student",
+                        {"loss": {"edge_aware": True}, "train": {"out": "student_edges"}}))
     return rows
 
 
@@ -177,6 +209,9 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
     if any(row.labels == "source_pool" for row in rows):
         stores["source_pool"] = out / "labels" / "source_pool"
         pseudo_label(teacher, extra["source_pool"], stores["source_pool"], settings, progress)
+    if any(row.labels == "flip" for row in rows):  # the same pool and teacher, with flip-agreement confidence maps
+        stores["flip"] = out / "labels" / "target_unlabeled_flip"
+        pseudo_label(teacher, folders["target_unlabeled"], stores["flip"], settings, progress, confidence="flip")
     wrong = settings.ablation.get("wrong_labels") or {}
     if wrong.get("ratios") and any(row.labels == "wrong" for row in rows):
         stores["wrong"] = corrupt_store(stores["clean"], out / "labels" / "target_unlabeled_wrong",
@@ -202,26 +237,52 @@ def run_seed(out: Path, settings, progress: bool, reuse: dict | None = None, res
     return results
 
 
+def row_recipe(row: Row, index: int, settings, stores: dict[str, Path]) -> tuple[dict, dict]:
+    """``(recipe, overrides)`` that train ``row``, the ``index``-th row of the plan: the teacher or student
+    recipe and the row's overrides; a student also gets its label store ``stores[row.labels]`` and, without
+    an ``out`` of its own, trains into ``ablation_<index>``."""
+    from .config import deep_merge
+
+    if row.kind == "teacher":
+        return settings.teacher, row.overrides or {}
+    overrides = deep_merge(row.overrides or {}, {
+        "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
+    overrides.setdefault("train", {}).setdefault("out", f"ablation_{index}")
+    return settings.student, overrides
+
+
+def check_plan(settings) -> list[Row]:
+    """:func:`plan`, with every row's training configuration validated (paths unchecked: nothing is trained or
+    labelled yet), so a bad ``ablation`` setting fails before the demo's first stage."""
+    from .config import config_from_dict, deep_merge
+
+    unknown = sorted(set(settings.ablation) - ABLATION_KEYS)
+    if unknown:
+        raise ValueError(f"demo.yaml: ablation: unknown key(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(sorted(ABLATION_KEYS))}")
+    rows = plan(settings)
+    stores = {row.labels: Path("labels") / row.labels for row in rows}
+    for index, row in enumerate(rows):
+        if row.kind != "blind":
+            recipe, overrides = row_recipe(row, index, settings, stores)
+            config_from_dict(deep_merge(recipe, overrides), file=f"demo.yaml ablation row {row.name!r}",
+                             check_paths=False)
+    return rows
+
+
 def train_row(row: Row, index: int, out: Path, settings, teacher, stores: dict[str, Path], reuse: dict,
               resume: bool):
-    """The trained model of ``row`` (the ``index``-th row of the plan; students without an ``out`` of their
-    own train into ``ablation_<index>``). A row that starts from the seed's teacher (every student, the
-    continued teacher) is retrained when the teacher was: its configuration names the teacher's folder,
-    not its weights."""
+    """The trained model of ``row`` (the ``index``-th row of the plan, trained by :func:`row_recipe`). A row
+    that starts from the seed's teacher (every student, the continued teacher) is retrained when the teacher
+    was: its configuration names the teacher's folder, not its weights."""
     from .config import deep_merge
     from .demo import train_recipe
 
-    if row.kind == "teacher":
-        if not row.overrides:
-            return teacher
-        recipe, overrides = settings.teacher, row.overrides
-    else:
-        if row.overrides == {} and row.labels == "clean" and "student" in reuse:
-            return reuse["student"]
-        recipe = settings.student
-        overrides = deep_merge(row.overrides or {}, {
-            "data": {"unlabeled": [{"type": "label_store", "root": str(stores[row.labels])}]}})
-        overrides.setdefault("train", {}).setdefault("out", f"ablation_{index}")
+    if row.kind == "teacher" and not row.overrides:
+        return teacher
+    if row.kind == "student" and row.overrides == {} and row.labels == "clean" and "student" in reuse:
+        return reuse["student"]
+    recipe, overrides = row_recipe(row, index, settings, stores)
     from_teacher = deep_merge(recipe, overrides)["model"]["init"] == f"{settings.teacher['train']['out']}/final"
     return train_recipe(recipe, out, overrides, name=row.name, resume=resume and not (from_teacher and teacher.fresh))
 
@@ -297,6 +358,7 @@ def tables(summary: dict) -> list[rp.Table]:
     header = ["target_test AbsRel ↓", "target_test δ1 ↑", "source_test AbsRel ↓",
               f"target AbsRel / teacher (seeds {', '.join(seeds)})", "zero output (target)"]
     titles = {"baselines": "baselines", "table9": "Table 9 rows (each adds one lever)",
+              "pseudo_label_quality": "confidence and edges (each adds one lever to the demo's student)",
               "controls": "controls", "wrong_labels": "wrong pseudo-labels"}
     for group, title in titles.items():
         names = [n for n, r in first.items() if r["group"] == group]

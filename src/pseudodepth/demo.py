@@ -17,9 +17,9 @@ from the teacher's weights and sees the target pool through the teacher's
 pseudo-labels, with strong perturbations, CutMix and top-10% loss filtering. Every result stands next
 to the image-blind baseline (:class:`pseudodepth.baselines.BlindMap`). ``--seed N`` drives everything
 random (:func:`with_seed`). ``--ablation`` adds, on several seeds, the controls (a compute-matched
-teacher, an oracle), the rows of Depth Anything V1's Table 9 and the filter on wrong pseudo-labels
-(:mod:`pseudodepth.ablation`). ``--resume`` continues an interrupted run: finished models (same
-configuration) and label stores are reused.
+teacher, an oracle), the rows of Depth Anything V1's Table 9, the filter on wrong pseudo-labels and
+the confidence and edge-aware filters (:mod:`pseudodepth.ablation`). ``--resume`` continues an
+interrupted run: finished models (same configuration) and label stores are reused.
 
 Settings are data: ``configs/demo.yaml`` (sizes, input size, figures, quick mode, ablation rows)
 and the training recipes ``configs/demo_teacher.yaml`` and ``configs/demo_student.yaml``.
@@ -44,7 +44,7 @@ import yaml
 
 from . import ablation
 from . import report as rp
-from .ablation import run_ablation
+from .ablation import check_plan, run_ablation
 from .baselines import BlindMap
 from .colorize import colorize
 from .config import config_from_dict, deep_merge
@@ -176,12 +176,15 @@ def train_recipe(recipe: dict, out: Path, overrides: dict | None = None, name: s
     return train_run(config_from_dict(deep_merge(recipe, overrides or {}), base_dir=out, file=name), resume=resume)
 
 
-def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSettings, progress: bool) -> str:
+def pseudo_label(teacher: Trained, images: Path, store: Path, settings: DemoSettings, progress: bool,
+                 confidence: str | None = None) -> str:
     """Label ``images`` into the label store ``store`` with ``teacher``; returns the one-line summary.
+    ``confidence`` (flip | scales) also stores a confidence map per label (``label --confidence``).
 
     A teacher trained in this run relabels everything; a reused one continues the store (labels
     already written are kept, see :func:`pseudodepth.label.label_folder`)."""
-    report = label_images(str(teacher.final), images, store, LabelSettings(input_size=settings.input_size),
+    report = label_images(str(teacher.final), images, store,
+                          LabelSettings(input_size=settings.input_size, confidence=confidence),
                           batch_size=settings.label_batch_size, workers=1, overwrite=teacher.fresh, progress=progress)
     return report.summary() + (f" ({'; '.join(report.failures)})" if report.failures else "")
 
@@ -287,6 +290,8 @@ def run_demo(out: str | os.PathLike = "demo_out", quick: bool = False, ablation:
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     settings = with_seed(load_settings(quick, config_dir), seed)
+    if ablation:
+        check_plan(settings)  # a bad ablation setting fails now, not after the main run
     photo_dir = _photos_folder(photos)
     stages = Stages(6 + (1 if ablation else 0), progress)
     stages.say(f"pseudodepth demo -> {out}" + (" (quick)" if quick else ""))
@@ -471,7 +476,7 @@ def write_demo_report(run: DemoRun, models: dict[str, torch.nn.Module]) -> tuple
                                      "semantic one (the ablation's last Table 9 row measures it)."),
             f"Pseudo-labels (`labels/target_unlabeled`): {run.label_summary}.")
     if run.ablation is not None:
-        doc.add("Ablation: baselines, controls, Table 9 rows and wrong pseudo-labels on several seeds",
+        doc.add("Ablation: baselines, controls, Table 9 rows, confidence and edges, wrong pseudo-labels on several seeds",
                 ablation.goals(run.ablation, run.ablation["student_row"]), *ablation.tables(run.ablation),
                 f"Command: `{run.ablation['command']}`; also written to `ablation.md`.")
     seconds = [[name, f"{sec:.0f}"] for name, sec in run.seconds.items()]
