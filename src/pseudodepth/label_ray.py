@@ -34,6 +34,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -150,6 +151,17 @@ def _maybe_crash() -> None:
     except FileNotFoundError:
         return
     os._exit(1)
+
+
+def _release_stopped_run(threads_before: set[threading.Thread], timeout: float = 30.0) -> None:
+    """Collect a stopped run's Ray Data objects (and with them the references to its actors): wait for the
+    run's executor threads (``StreamingExecutor-<dataset>``, started after ``threads_before``) to end, then
+    ``gc.collect()``."""
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread.name.startswith("StreamingExecutor-") and thread not in threads_before:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    gc.collect()
 
 
 class RayRunError(RuntimeError):
@@ -331,7 +343,7 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         )
     committed: set[str] = set()
     bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
-    failed, failure = True, None
+    failed, failure, threads_before = True, None, set(threading.enumerate())
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = [_from_columns(r) for r in block.to_pylist()
@@ -355,9 +367,10 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         # such references (its traceback reaches the pool's task callbacks, in a cycle with the executor), so
         # raised as our exception's context it kept that actor alive and idle on its CPU or GPU: the caller's
         # next run in the same Ray (a notebook, a test) waited for ever. So: no Ray exception chained to the
-        # one line, the dataset dropped and the cycles collected before raising; the run's actors go with them.
+        # one line, the dataset dropped, and the cycles collected once Ray Data's executor thread (which still
+        # refers to them while it winds down, for seconds on a loaded machine) has ended.
         del ds
-        gc.collect()
+        _release_stopped_run(threads_before)
         raise failure
     report.seconds = time.perf_counter() - start
     return report
