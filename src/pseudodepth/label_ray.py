@@ -36,7 +36,6 @@ import socket
 import sys
 import time
 import warnings
-import weakref
 from pathlib import Path
 
 import numpy as np
@@ -151,25 +150,6 @@ def _maybe_crash() -> None:
     except FileNotFoundError:
         return
     os._exit(1)
-
-
-def _weak(err: BaseException) -> weakref.ref | None:
-    try:
-        return weakref.ref(err)
-    except TypeError:  # a built-in exception type (Ray's own are all subclasses, which can be referred to weakly)
-        return None
-
-
-def _let_go(stopped: weakref.ref | None, timeout: float = 30.0) -> None:
-    """Wait (at most ``timeout`` s) until the Ray exception that stopped a run is garbage-collected, collecting
-    as we go: with it go the stopped run's Ray Data objects and their references to the run's actors. Ray Data
-    threads of the run (the executor's, the prefetchers') may still refer to it for a while as they wind down
-    (seconds, on a loaded machine), so one ``gc.collect()`` right away is not enough."""
-    deadline = time.monotonic() + timeout
-    gc.collect()
-    while stopped is not None and stopped() is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        gc.collect()
 
 
 class RayRunError(RuntimeError):
@@ -351,7 +331,7 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         )
     committed: set[str] = set()
     bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
-    failed, failure, stopped = True, None, None
+    failed, failure = True, None
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = [_from_columns(r) for r in block.to_pylist()
@@ -364,10 +344,8 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
     except StoreError as err:  # an actor's write error arrives wrapped in Ray's multi-line RayTaskError
         cause = getattr(err, "cause", err)
         failure = cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])
-        stopped = _weak(err) if failure is not err else None  # a store error of this process: no Ray one
     except ray.exceptions.RayError as err:  # a dead actor whose batch ran out of retries, an error in an actor
         failure = _ray_failure(err, len(committed))
-        stopped = _weak(err)
     finally:
         bar.close()
         store.finish(failed)
@@ -377,9 +355,11 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         # such references (its traceback reaches the pool's task callbacks, in a cycle with the executor), so
         # raised as our exception's context it kept that actor alive and idle on its CPU or GPU: the caller's
         # next run in the same Ray (a notebook, a test) waited for ever. So: no Ray exception chained to the
-        # one line, the dataset dropped, and Ray's exception collected (with the run's objects) before raising.
+        # one line, the dataset dropped and the cycles collected before raising; the run's actors go with them
+        # (at once when it is the process's first Ray Data run; after earlier ones Ray was seen to hold them
+        # ~2 min more, holder not found).
         del ds
-        _let_go(stopped)
+        gc.collect()
         raise failure
     report.seconds = time.perf_counter() - start
     return report
