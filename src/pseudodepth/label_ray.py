@@ -356,8 +356,8 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         # raised as our exception's context it kept that actor alive and idle on its CPU or GPU: the caller's
         # next run in the same Ray (a notebook, a test) waited for ever. So: no Ray exception chained to the
         # one line, the dataset dropped and the cycles collected before raising; the run's actors go with them
-        # (at once when it was the process's first Ray Data run; after earlier ones, something in Ray Data, not
-        # found, held them until the next run started, which it does not block).
+        # (at once when it was the process's first Ray Data run; after earlier Ray Data runs in the process,
+        # something not yet found still holds them and a next run in this process can wait for ever: issue 12).
         del ds
         gc.collect()
         raise failure
