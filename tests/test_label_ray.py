@@ -121,13 +121,15 @@ def test_a_stopped_ray_run_is_one_line_that_says_what_to_do():
     assert "\n" not in line and "MemoryError: killed by the OOM killer (" in line and "lower --batch-size" in line
 
 
-@pytest.mark.xfail(run=False, reason="known defect (issue 12): with no batch retries the run still waited for ever in "
-                                      "the fresh-clone CI of 2026-11-30 (idle machine, > 4 min); the one-line message "
-                                      "itself is tested above without Ray")
+@pytest.mark.xfail(run=False, reason="open defect (issue 12): alone, this test passes (the stopped run's restarted "
+                                      "actor is let go in 2 s); after the other Ray tests of this file the stopped run's "
+                                      "actor still holds its CPU and the rerun waits for ever (seen 2026-11-30 04:38)")
+@pytest.mark.timeout(600)  # its own limit, whatever the default: this test used to wait for ever (issue 12)
 def test_batch_out_of_retries_stops_the_run_in_one_line_and_rerunning_resumes(tmp_path, local_ray, monkeypatch):
     """No batch retries: the actor that dies takes its batch with it, and the run ends (instead of waiting for
     ever) with one line that says what to do; what was committed stays, and the same command finishes the store
-    with every image once."""
+    with every image once, in the same Ray: the stopped run's actor, restarted by Ray after it died, used to
+    stay alive holding a CPU (kept by Ray's exception chained to ours), so this second run waited for ever."""
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     from PIL import Image
@@ -142,6 +144,7 @@ def test_batch_out_of_retries_stops_the_run_in_one_line_and_rerunning_resumes(tm
     line = str(err.value)
     assert "\n" not in line and line.startswith("the Ray run stopped: ") and "run the same command again" in line
     assert not local_ray.exists()
+    assert err.value.__context__ is None and err.value.__cause__ is None  # no Ray exception (nor its actors) kept
     committed = LabelStore(tmp_path / "s").rows()
     assert len(committed) < 6
     report = label_ray.label_folder_ray("da-v2-tiny", imgs, tmp_path / "s", batch_size=2, progress=False)

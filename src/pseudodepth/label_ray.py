@@ -17,7 +17,8 @@ Crash safety is the store's: a label is renamed into place before its row is com
 driver commits rows. A killed actor is restarted by Ray (``max_restarts``) and its batch retried
 (``max_task_retries``): its labels are rewritten atomically with the same values and its rows are
 committed once. A batch still failing after its retries stops the run with one line
-(:class:`RayRunError`); if the whole run dies, re-running the same command resumes.
+(:class:`RayRunError`), after letting go of the run's actors; re-running the same command (or calling
+:func:`label_folder_ray` again in the same Ray) resumes, as it does when the whole run dies.
 
 Cluster use: workers read the images and write the labels themselves, so the image folder and the
 store must be on a filesystem every node mounts at the same path (NFS, Lustre, a FUSE bucket mount),
@@ -28,6 +29,7 @@ has the driver's teacher fingerprint, so a node with other weights fails the run
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import os
 import socket
@@ -329,7 +331,7 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         )
     committed: set[str] = set()
     bar = tqdm(total=len(todo), desc="label (ray)", unit="img", disable=not progress, dynamic_ncols=True)
-    failed = True
+    failed, failure = True, None
     try:
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = [_from_columns(r) for r in block.to_pylist()
@@ -341,11 +343,23 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         failed = False
     except StoreError as err:  # an actor's write error arrives wrapped in Ray's multi-line RayTaskError
         cause = getattr(err, "cause", err)
-        raise (cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])) from None
+        failure = cause if isinstance(cause, StoreError) else StoreError(str(err).splitlines()[-1])
     except ray.exceptions.RayError as err:  # a dead actor whose batch ran out of retries, an error in an actor
-        raise _ray_failure(err, len(committed)) from None
+        failure = _ray_failure(err, len(committed))
     finally:
         bar.close()
         store.finish(failed)
+    if failure is not None:
+        # Ray Data lets go of a stopped run's actors by dropping its references, not by killing them, and Ray
+        # restarts the actor that died (MAX_ACTOR_RESTARTS) even after the run stopped. Ray's exception holds
+        # such references (its traceback reaches the pool's task callbacks, in a cycle with the executor), so
+        # raised as our exception's context it kept that actor alive and idle on its CPU or GPU: the caller's
+        # next run in the same Ray (a notebook, a test) waited for ever. So: no Ray exception chained to the
+        # one line, the dataset dropped and the cycles collected before raising; the run's actors go with them
+        # (at once when it was the process's first Ray Data run; after earlier Ray Data runs in the process,
+        # something not yet found still holds them and a next run in this process can wait for ever: issue 12).
+        del ds
+        gc.collect()
+        raise failure
     report.seconds = time.perf_counter() - start
     return report
