@@ -14,6 +14,9 @@ SECTIONS = [  # (results file, heading, what it measures)
      "Generated rooms: a labeled source domain and an unlabeled target domain (the same kind of rooms through a "
      "poor camera). Every model "
      "stands next to the image-blind baseline, a compute-matched teacher and an oracle, on three seeds."),
+    ("demo_seeds.md", "The demo on fresh seeds (`pseudodepth demo --seed N`, `bench/demo_seeds.py`)",
+     "Whole `pseudodepth demo` runs checked against the demo's goals: `make demo` (seed 0) from a fresh clone, "
+     "and seeds on which no choice of the recipe was made."),
     ("dead_output.md", "Dead student output: the output anchor (`bench/dead_output.py`)",
      "The first steps of a student recipe that used to collapse (full schedule, stopped early), per seed, "
      "feature-alignment weight and `loss.output_anchor`."),
