@@ -41,8 +41,7 @@ from .synth import DOMAINS, domain_fingerprint, sample_scene, write_domain
 # camera-effect severity bins of the target test scenes: four equal bins over the target domain's range
 SEVERITY_BINS = tuple(float(x) for x in np.linspace(*DOMAINS["target"].camera_effects, 5))
 ABLATION_KEYS = {"seeds", "rows", "compute_matched", "oracle", "teacher_continued", "source_pool", "target_pool",
-                 "wrong_labels",
-                 "confidence", "edge_aware"}  # configs/demo.yaml `ablation:`
+                 "wrong_labels", "confidence", "edge_aware"}  # configs/demo.yaml `ablation:`
 EXTRA_SCENES = 300_000  # offset of the oracle / validation scenes in a seed's range (< SCENES_PER_SEED / 3)
 
 
@@ -51,8 +50,7 @@ class Row:
     """One scored model of a seed. ``kind``: blind | teacher | student; ``overrides`` are merged over the
     teacher or student recipe; ``labels``: which pseudo-labels a student trains on (clean: the demo's pool,
     target + clean images | wrong | source_pool: the pool's clean images only | target_pool: its target images
-    only | flip: the pool labelled with
-    flip-agreement confidence maps)."""
+    only | flip: the pool labelled with flip-agreement confidence maps)."""
 
     name: str
     group: str
