@@ -5,9 +5,10 @@ Variants (same photos, same V2-small architecture with random weights, 518 input
   hf-pipeline transformers pipeline("depth-estimation") with the DPT image processor, per image, + PNG write
   label-fp32  `pseudodepth label --precision fp32`
   label-bf16  `pseudodepth label --precision bf16`
-  label-bf16-compile, label-bf16-reduced, label-bf16-compile-reduced, label-bf16-device, ...
+  label-bf16-compile, label-bf16-reduced, label-bf16-compile-reduced, label-bf16-device, label-bf16-392, ...
               the same with `--compile` (torch.compile), `--reduced-decode` (JPEG DCT-domain downscaling
-              while >= the network size) and/or `--resize-on device` (uint8 to the device, resized there)
+              while >= the network size), `--resize-on device` (uint8 to the device, resized there) and/or
+              `--input-size N` (a number: the network's lower bound instead of 518)
   ray-bf16    `pseudodepth label --engine ray --precision bf16` (local Ray started by the command)
   fwd-fp32    the model's forward pass alone on pre-made tensors of the same shapes, batched alike (ceiling)
   fwd-bf16    the same in bf16 autocast
@@ -116,7 +117,8 @@ def run_variant(name: str, images: Path, model_spec: str, batch_size: int, worke
         from pseudodepth.label import LabelSettings, label_folder
 
         _, precision, *flags = name.split("-")
-        settings = LabelSettings(precision=precision, reduced_decode="reduced" in flags)
+        size = next((int(f) for f in flags if f.isdigit()), None)  # e.g. label-bf16-392: --input-size 392
+        settings = LabelSettings(size, precision=precision, reduced_decode="reduced" in flags)
         if name.startswith("ray-"):
             from pseudodepth.label_ray import label_folder_ray
 
