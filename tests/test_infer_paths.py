@@ -83,3 +83,67 @@ def test_fast_layout_is_channels_last_in_reduced_precision_only_and_keeps_the_va
     for precision, tol in (("fp32", 1e-5), ("bf16", 1e-2)):  # same values up to the order of the sums
         a, b = forward(ref, x, precision), forward(fast, x, precision)
         assert float((a - b).norm() / a.norm()) < tol, precision
+
+
+def ref_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float) -> torch.Tensor:
+    """softmax(q k^T * scaling) v from its definition, one image, head and query at a time, in float64;
+    (B, H, N, D) in, (B, N, H, D) out."""
+    q, k, v = q.double(), k.double(), v.double()
+    b_, h_, n, d = q.shape
+    out = torch.zeros(b_, n, h_, d, dtype=torch.float64)
+    for b in range(b_):
+        for h in range(h_):
+            for i in range(n):
+                s = torch.tensor([float(q[b, h, i] @ k[b, h, j]) * scaling for j in range(k.shape[2])],
+                                 dtype=torch.float64)
+                p = torch.exp(s - s.max())
+                out[b, i, h] = (p / p.sum()) @ v[b, h]
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 7, 530])  # one token; a single block; two blocks, the last one partial
+def test_blocked_attention_matches_the_definition_and_transformers_eager_in_bf16(n):
+    from transformers.models.dinov2.modeling_dinov2 import eager_attention_forward
+
+    from pseudodepth.infer import QUERY_BLOCK, blocked_attention
+
+    assert n <= QUERY_BLOCK or n % QUERY_BLOCK
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(2, n, 3, 2, 8, generator=g) * 2  # (B, N, q/k/v, H, D): strided q, k, v as transformers makes them
+    q, k, v = (x[:, :, i].transpose(1, 2).bfloat16() for i in range(3))
+    module = torch.nn.Module().eval()
+    out, weights = blocked_attention(module, q, k, v, None, scaling=8 ** -0.5)
+    assert weights is None and out.dtype == torch.bfloat16 and out.shape == (2, n, 2, 8)
+    ref = ref_attention(q, k, v, 8 ** -0.5)
+    assert float((out.double() - ref).norm() / ref.norm()) < 3e-2  # bf16 rounding of scores and weights
+    eager, _ = eager_attention_forward(module, q, k, v, None, scaling=8 ** -0.5)  # the same numerics
+    assert float((out.double() - eager.double()).norm() / eager.double().norm()) < 1e-3
+    big = torch.full_like(q, 30.0)  # huge scores: the softmax must not overflow
+    assert torch.isfinite(blocked_attention(module, big, big, v, None, scaling=1.0)[0]).all()
+
+
+def test_blocked_attention_hands_fp32_and_masks_to_pytorch_fused_attention():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pseudodepth.infer import blocked_attention
+
+    q, k, v = torch.randn(3, 1, 2, 5, 8).unbind(0)
+    module = torch.nn.Module().eval()
+    assert torch.equal(blocked_attention(module, q, k, v, None, scaling=0.3)[0],
+                       sdpa_attention_forward(module, q, k, v, None, scaling=0.3)[0])
+    mask = torch.ones(1, 2, 5, 5, dtype=torch.bool).bfloat16()
+    qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    assert torch.equal(blocked_attention(module, qb, kb, vb, mask, scaling=0.3)[0],
+                       sdpa_attention_forward(module, qb, kb, vb, mask, scaling=0.3)[0])
+
+
+def test_fast_layout_uses_blocked_attention_in_bf16_only():
+    from pseudodepth.infer import BLOCKED_ATTENTION, fast_layout
+
+    assert fast_layout(load_model("da-v2-tiny"), "fp32").backbone.config._attn_implementation == "sdpa"
+    fast = fast_layout(load_model("da-v2-tiny"), "bf16")
+    layers = [m for m in fast.modules() if type(m).__name__ == "Dinov2SelfAttention"]
+    assert layers and all(m.config._attn_implementation == BLOCKED_ATTENTION for m in layers)
+    x = torch.randn(2, 3, 28 * 3, 14 * 5, generator=torch.Generator().manual_seed(0))
+    ref = forward(load_model("da-v2-tiny"), x, "fp32")
+    assert float((forward(fast, x, "bf16") - ref).norm() / ref.norm()) < 1e-2
