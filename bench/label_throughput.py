@@ -11,7 +11,7 @@ Variants (same photos, same V2-small architecture with random weights, 518 input
               `--input-size N` (a number: the network's lower bound instead of 518)
   ray-bf16    `pseudodepth label --engine ray --precision bf16` (local Ray started by the command)
   fwd-fp32    the model's forward pass alone on pre-made tensors of the same shapes, batched alike (ceiling)
-  fwd-bf16    the same in bf16 autocast
+  fwd-bf16    the same in bf16 autocast (fwd-bf16-392: at input size 392)
 
 Usage:  .venv/bin/python bench/label_throughput.py [--images DIR] [--pool N] [--repeat R] [--variants a,b,...]
         [--device cuda] [--out bench/results/NAME.md]
@@ -135,13 +135,15 @@ def run_variant(name: str, images: Path, model_spec: str, batch_size: int, worke
         from pseudodepth.preprocess import network_size
 
         groups = defaultdict(int)
+        size = next((int(f) for f in name.split("-")[2:] if f.isdigit()), 518)  # fwd-bf16-392: --input-size 392
         for f in files:
             w, h = Image.open(f).size
-            groups[network_size(h, w)] += 1
+            groups[network_size(h, w, size)] += 1
         batches = []
         for (h, w), n in groups.items():
             for i in range(0, n, batch_size):
                 batches.append(torch.randn(min(batch_size, n - i), 3, h, w, device=device))
+        model = infer.fast_layout(model, name.split("-")[1])  # as `label` runs it (channels-last, blocked attention)
         infer.forward(model, batches[0][:1], name.split("-")[1])  # warm-up outside the timing
         if device.startswith("cuda"):
             torch.cuda.synchronize()
