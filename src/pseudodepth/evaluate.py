@@ -259,7 +259,7 @@ def _predictor(model: ModelLike, device: str | torch.device, input_size: int | N
     """(a function rgb -> raw prediction at the image's resolution, whether it is metric: None if unknown);
     ``version`` applies to official ``.pth`` SPECs."""
     if isinstance(model, (str, os.PathLike)):
-        model = load_model(model, version=version, device=device, max_depth=max_depth)
+        model = infer.fast_layout(load_model(model, version=version, device=device, max_depth=max_depth), precision)
     if isinstance(model, torch.nn.Module):
         model.eval()
         return (lambda rgb: infer.predict(model, rgb, input_size, precision, tta)), is_metric(model)

@@ -28,7 +28,9 @@ def predict_files(model_spec: str, images: list[str | Path], out: str | Path, *,
     reported and skipped; the others are still predicted.
     """
     infer.check_settings(precision, tta)
-    model = model if model is not None else load_model(model_spec, version=version, device=device, max_depth=max_depth)
+    if model is None:  # a model of our own: set up for fast reduced precision (a caller's model stays as it is)
+        model = infer.fast_layout(load_model(model_spec, version=version, device=device, max_depth=max_depth),
+                                  precision)
     check_focal(model_info(model).version, model_spec, focal)
     metric = is_metric(model) or focal is not None
     out = Path(out)
