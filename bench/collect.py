@@ -21,10 +21,14 @@ SECTIONS = [  # (results file, heading, what it measures)
      "The first steps of a student recipe that used to collapse (full schedule, stopped early), per seed, "
      "feature-alignment weight and `loss.output_anchor`."),
     ("label_throughput.md", "Pseudo-labelling throughput (`bench/label_throughput.py`)",
-     "The 20 real photos, V2-small architecture with random weights, 518 input, each variant a whole process."),
+     "The 20 real photos, V2-small architecture with random weights, 518 input unless the variant names "
+     "another (`-392`: `--input-size 392`), each variant a whole process."),
     ("label_throughput_pool.md", "Pseudo-labelling throughput on a pool of 100+ photos (`bench/label_throughput.py --pool`)",
-     "1-3 MP photos made from the 20 real ones, V2-small architecture with random weights, 518 input, each "
-     "variant a whole process."),
+     "1-3 MP photos made from the 20 real ones, V2-small architecture with random weights, 518 input unless "
+     "the variant names another, each variant a whole process."),
+    ("input_size.md", "What a smaller labelling input size costs (`bench/input_size.py`)",
+     "The accuracy side of `label --input-size`: the demo's trained teachers at their own input size and at "
+     "smaller ones in the proportions of 448 / 392 / 322 to 518 (the speed side is in the tables above)."),
     ("label_throughput_gpu.md", "Pseudo-labelling throughput on a GPU (`bench/label_throughput.py`)",
      "The same benchmark on a lent GPU machine."),
     ("train_throughput.md", "Training throughput (`bench/train_throughput.py`)",
