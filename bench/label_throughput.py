@@ -8,7 +8,8 @@ Variants (same photos, same V2-small architecture with random weights, 518 input
   label-bf16-compile, label-bf16-reduced, label-bf16-compile-reduced, label-bf16-device, label-bf16-392, ...
               the same with `--compile` (torch.compile), `--reduced-decode` (JPEG DCT-domain downscaling
               while >= the network size), `--resize-on device` (uint8 to the device, resized there) and/or
-              `--input-size N` (a number: the network's lower bound instead of 518)
+              `--input-size N` (a number: the network's lower bound instead of 518) and/or `--forward-in
+              main` (the batched forward in the main process instead of the CPU default, in the workers)
   ray-bf16    `pseudodepth label --engine ray --precision bf16` (local Ray started by the command)
   fwd-fp32    the model's forward pass alone on pre-made tensors of the same shapes, batched alike (ceiling)
   fwd-bf16    the same in bf16 autocast (fwd-bf16-392: at input size 392)
@@ -125,7 +126,8 @@ def run_variant(name: str, images: Path, model_spec: str, batch_size: int, worke
         else:
             label_folder(model_spec, images, out, batch_size=batch_size, workers=workers, settings=settings,
                          model=model, progress=False, device=device, compile="compile" in flags,
-                         resize_on="device" if "device" in flags else None)
+                         resize_on="device" if "device" in flags else None,
+                         forward_in="main" if "main" in flags else None)
     elif name.startswith("fwd-"):
         from collections import defaultdict
 

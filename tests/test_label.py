@@ -238,3 +238,51 @@ def test_reduced_decode_keeps_sizes_and_stays_close(tmp_path, tiny_model, photos
         da, db = s_std.read_disparity(a), s_red.read_disparity(b)
         err = np.linalg.norm(db - da) / np.linalg.norm(da)
         assert err == 0 if a["source"] == "demo08.jpg" else 0 < err < 0.05, (a["source"], err)
+
+
+@pytest.mark.parametrize("confidence", [None, "flip"])
+def test_forward_in_workers_gives_the_main_process_labels(tmp_path, tiny_model, photos, confidence):
+    """``--forward-in workers`` (the CPU default with workers): the same rows, labels within one quantisation
+    step and confidence maps as the batched forward in the main process, corrupt files included."""
+    imgs = tmp_path / "imgs"
+    expect = make_awkward_folder(imgs)
+    for name in ("demo08.jpg", "demo04.jpg"):
+        (imgs / name).symlink_to(photos / name)
+    settings = LabelSettings(input_size=70, confidence=confidence)
+    main = label_folder("da-v2-tiny", imgs, tmp_path / "main", batch_size=2, workers=2, model=tiny_model,
+                        progress=False, settings=settings, forward_in="main")
+    work = label_folder("da-v2-tiny", imgs, tmp_path / "work", batch_size=2, workers=2, model=tiny_model,
+                        progress=False, settings=settings, forward_in="workers")
+    assert (main.ok, main.failed) == (work.ok, work.failed) == (sum(v == "ok" for v in expect.values()) + 2,
+                                                                  sum(v == "failed" for v in expect.values()))
+    a, b = LabelStore(tmp_path / "main"), LabelStore(tmp_path / "work")
+    rows_b = {r["source"]: r for r in b.rows()}
+    for row in a.rows():
+        other = rows_b.pop(row["source"])
+        assert (row["status"], row["label"], row["error"]) == (other["status"], other["label"], other["error"])
+        if row["status"] != "ok":
+            continue
+        qa, qb = (read_png16(s.root / r["label"]).astype(int) for s, r in ((a, row), (b, other)))
+        assert np.abs(qa - qb).max() <= 1
+        if confidence:
+            assert np.abs(a.read_confidence(row) - b.read_confidence(other)).max() < 1e-3
+    assert not rows_b
+
+
+def test_forward_in_defaults_and_impossible_choices_fail_before_any_work(tmp_path, tiny_model, photos):
+    from pseudodepth.label import check_forward_in
+
+    assert check_forward_in(None, tiny_model, 2, False, "worker") == "workers"  # a model on the CPU
+    assert check_forward_in(None, tiny_model, 0, False, "worker") == "main"
+    assert check_forward_in(None, tiny_model, 2, True, "worker") == "main"  # one compiled model
+    assert check_forward_in(None, tiny_model, 2, False, "device") == "main"
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "demo08.jpg").symlink_to(photos / "demo08.jpg")
+    for kwargs in ({"workers": 0}, {"compile": True}, {"resize_on": "device"}):
+        with pytest.raises(ValueError, match="--forward-in workers needs"):
+            label_folder("da-v2-tiny", imgs, tmp_path / "s", model=tiny_model, progress=False,
+                         forward_in="workers", **{"workers": 2, **kwargs})
+    with pytest.raises(ValueError, match="--forward-in must be one of"):
+        label_folder("da-v2-tiny", imgs, tmp_path / "s", model=tiny_model, progress=False, forward_in="gpu")
+    assert not (tmp_path / "s" / "labels").exists()  # nothing written

@@ -89,7 +89,8 @@ def cmd_label(a: argparse.Namespace) -> int:
     else:
         report = label_folder(a.model, a.images, a.out, batch_size=a.batch_size, workers=a.workers,
                               settings=settings, overwrite=a.overwrite, device=a.device, version=a.version,
-                              compile=a.compile, resize_on=a.resize_on, writer_threads=a.writer_threads)
+                              compile=a.compile, resize_on=a.resize_on, writer_threads=a.writer_threads,
+                              forward_in=a.forward_in)
     for line in report.failures[:20]:
         print(f"failed {line}", file=sys.stderr)
     print(report.summary())
@@ -156,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize-on", choices=["worker", "device"], default=None,
                    help="resize in the decode workers (official float64, default on CPU) or on the model's "
                         "device (default on a GPU; V1/V2 teachers only, DA3 resizes in the workers)")
+    p.add_argument("--forward-in", choices=["main", "workers"], default=None,
+                   help="where the forward pass runs: in the decode workers, one image at a time with a share of "
+                        "the CPUs' threads each (default for a model on the CPU), or batched in the main process "
+                        "(default on a GPU and with --compile)")
     p.add_argument("--writer-threads", type=int, default=None,
                    help="threads that upsample, encode and write labels (default: half the CPUs, at most 8)")
     p.add_argument("--align-to", default=None, metavar="SPARSE",

@@ -6,6 +6,10 @@ Pipeline, so that the model never waits::
     main thread:  bucket by network size (no padding) -> batched forward (fp32 / bf16 / fp16, flip TTA)
     writer thread: upsample to source size -> 16-bit PNG -> atomic write -> journal row
 
+On a CPU the forward pass runs in the workers instead, one image at a time with the CPUs' threads
+shared out among them (``forward_in="workers"``): a forward pass spread over all cores stalls whenever
+a decode worker or writer thread takes one of them, while one per worker only waits for its own.
+
 Resumable: sources with a row (ok or failed) are skipped, unless the source file changed since its row
 was written (size or modification time differ from the row's and so does its sha256): those are
 relabelled (:func:`plan`, counted in :attr:`LabelReport.relabelled`). A killed run loses at most the
@@ -344,14 +348,34 @@ def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
 
 
 class _Sources(Dataset):
-    def __init__(self, root: Path, rels: list[str], settings: LabelSettings, resize: bool):
-        self.root, self.rels, self.settings, self.resize = root, rels, settings, resize
+    """The sources to label, one item each (:func:`load_item`). With ``model`` (``--forward-in workers``) the
+    worker also runs the forward pass on its item and hands back the network-resolution disparity
+    (and confidence) instead of the input."""
+
+    def __init__(self, root: Path, rels: list[str], settings: LabelSettings, resize: bool, model=None):
+        self.root, self.rels, self.settings, self.resize, self.model = root, rels, settings, resize, model
 
     def __len__(self) -> int:
         return len(self.rels)
 
     def __getitem__(self, i: int) -> dict:
-        return load_item(self.root, self.rels[i], self.settings, self.resize)
+        item = load_item(self.root, self.rels[i], self.settings, self.resize)
+        if self.model is not None and item["pixels"] is not None:
+            x2 = None if item["pixels2"] is None else torch.as_tensor(item["pixels2"])[None]
+            disparity, confidence = predict_batch(self.model, torch.as_tensor(item["pixels"])[None], self.settings, x2)
+            item["pixels"] = item["pixels2"] = None
+            item["disparity"], item["confidence"] = disparity[0], None if confidence is None else confidence[0]
+        return item
+
+
+def _forward_threads(workers: int):
+    """DataLoader ``worker_init_fn`` for ``--forward-in workers``: the CPUs shared out among the workers."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def init(_worker_id: int) -> None:
+        torch.set_num_threads(threads)
+
+    return init
 
 
 class _Writer(threading.Thread):
@@ -449,10 +473,28 @@ def run_batch(model, items: list[dict], settings: LabelSettings, on_device: bool
     return full, [None] * len(items), done
 
 
+FORWARD_IN = ("main", "workers")
+
+
+def check_forward_in(forward_in: str | None, model, workers: int, compile: bool, resize_on: str) -> str:
+    """``forward_in`` resolved (None: the default for this model and these settings); an impossible choice
+    fails before any work."""
+    cpu = next(model.parameters()).device.type == "cpu"
+    if forward_in is None:
+        return "workers" if cpu and workers > 0 and not compile and resize_on == "worker" else "main"
+    if forward_in not in FORWARD_IN:
+        raise ValueError(f"--forward-in must be one of {FORWARD_IN}, got {forward_in!r}")
+    if forward_in == "workers" and (not cpu or workers < 1 or compile or resize_on != "worker"):
+        raise ValueError("--forward-in workers needs a model on the CPU, --workers >= 1, no --compile and "
+                         "--resize-on worker; use --forward-in main")
+    return forward_in
+
+
 def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_size: int = 4, workers: int = 2,
                  settings: LabelSettings | None = None, overwrite: bool = False, device: str = "cpu",
                  model=None, progress: bool = True, version: str | None = None, compile: bool = False,
-                 resize_on: str | None = None, writer_threads: int | None = None) -> LabelReport:
+                 resize_on: str | None = None, writer_threads: int | None = None,
+                 forward_in: str | None = None) -> LabelReport:
     """Pseudo-label every file under ``images`` into the label store ``out``; resumes if interrupted.
 
     ``resize_on``: ``"worker"`` (the official float64 resize in the decode workers; default on CPU) or
@@ -461,6 +503,10 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     no device version): ``resize_on="device"`` with one is refused.
     ``compile``: ``torch.compile`` the model (one compilation per network size). ``writer_threads``:
     threads that upsample, encode and write labels (default: half the CPUs, at most 8).
+    ``forward_in``: ``"workers"`` (each decode worker also runs the forward pass on its images, with its
+    share of the CPUs' threads: the default for a model on the CPU with ``workers`` > 0) or ``"main"``
+    (batches of equal network size in the main process: the default on a GPU, with ``compile`` and with
+    ``resize_on="device"``). Same labels either way, up to the order of the sums in the forward pass.
     """
     settings = settings or LabelSettings()
     infer.check_settings(settings.precision, settings.tta)
@@ -487,6 +533,7 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
                          "--resize-on worker (the default for DA3)")
     if resize_on is None:
         resize_on = "device" if torch.device(device).type == "cuda" and settings.resize == "lower_bound" else "worker"
+    forward_in = check_forward_in(forward_in, model, workers, compile, resize_on)
     teacher = fingerprint(model, settings.as_dict())
     store = LabelStore(out)
     meta = store_meta(model_spec, model, settings, images)
@@ -494,24 +541,27 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
         todo, labels, report = plan(store, images, teacher, meta, overwrite)
         announce_licence(meta)
         return _run(model, store, images, todo, labels, teacher, settings, batch_size, workers, progress,
-                    report, compile, resize_on, writer_threads)
+                    report, compile, resize_on, writer_threads, forward_in)
 
 
 def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, teacher: str,
          settings: LabelSettings, batch_size: int, workers: int, progress: bool, report: LabelReport,
-         compile: bool = False, resize_on: str = "worker", writer_threads: int | None = None) -> LabelReport:
+         compile: bool = False, resize_on: str = "worker", writer_threads: int | None = None,
+         forward_in: str = "main") -> LabelReport:
     align = infer.align_corners(model)
     space = prediction_space(model)
     model = infer.fast_layout(model, settings.precision)
     if compile:
         model = torch.compile(model)
     on_device = resize_on == "device"  # label_folder refused it for DA3 (its own resize runs in the workers)
+    in_workers = forward_in == "workers"
     bar = tqdm(total=len(todo), desc="label", unit="img", disable=not progress, dynamic_ncols=True)
     threads = writer_threads or max(1, min(8, (os.cpu_count() or 2) // 2))
     writer = _Writer(store, labels, teacher, align, report, bar, settings, space, threads)
     writer.start()
-    loader = DataLoader(_Sources(images, todo, settings, resize=not on_device), batch_size=None,
-                        num_workers=workers, prefetch_factor=4 if workers else None, persistent_workers=False)
+    sources = _Sources(images, todo, settings, resize=not on_device, model=model if in_workers else None)
+    loader = DataLoader(sources, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
+                        persistent_workers=False, worker_init_fn=_forward_threads(workers) if in_workers else None)
     buckets: dict[tuple[int, int], list[dict]] = {}
     start = time.perf_counter()
 
@@ -523,6 +573,9 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
     failed = True
     try:
         for item in loader:
+            if "disparity" in item:  # --forward-in workers: labelled there
+                writer.put([(item, item.pop("disparity"), item.pop("confidence"))])
+                continue
             if item["pixels"] is None:
                 writer.put([(item, None, None)])
                 continue
