@@ -272,10 +272,11 @@ def test_forward_in_workers_gives_the_main_process_labels(tmp_path, tiny_model, 
 def test_forward_in_defaults_and_impossible_choices_fail_before_any_work(tmp_path, tiny_model, photos):
     from pseudodepth.label import check_forward_in
 
-    assert check_forward_in(None, tiny_model, 2, False, "worker") == "workers"  # a model on the CPU
-    assert check_forward_in(None, tiny_model, 0, False, "worker") == "main"
-    assert check_forward_in(None, tiny_model, 2, True, "worker") == "main"  # one compiled model
-    assert check_forward_in(None, tiny_model, 2, False, "device") == "main"
+    cores = os.cpu_count() or 1
+    assert check_forward_in(None, tiny_model, cores, False, "worker") == "workers"  # one worker per core
+    assert check_forward_in(None, tiny_model, cores - 1, False, "worker") == "main"
+    assert check_forward_in(None, tiny_model, cores, True, "worker") == "main"  # one compiled model
+    assert check_forward_in(None, tiny_model, cores, False, "device") == "main"
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     (imgs / "demo08.jpg").symlink_to(photos / "demo08.jpg")
@@ -286,3 +287,23 @@ def test_forward_in_defaults_and_impossible_choices_fail_before_any_work(tmp_pat
     with pytest.raises(ValueError, match="--forward-in must be one of"):
         label_folder("da-v2-tiny", imgs, tmp_path / "s", model=tiny_model, progress=False, forward_in="gpu")
     assert not (tmp_path / "s" / "labels").exists()  # nothing written
+
+
+@pytest.mark.timeout(120)
+def test_forward_in_workers_after_a_parallel_forward_in_this_process_does_not_hang(tmp_path, tiny_model, photos):
+    """A worker forked after this process ran a multi-threaded forward pass runs its own on one thread: GNU
+    OpenMP cannot start a parallel region in such a child (it used to wait for ever with one worker)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        predict(tiny_model, read_rgb(photos / "demo08.jpg"))  # a parallel region in this process first
+        imgs = tmp_path / "imgs"
+        imgs.mkdir()
+        (imgs / "demo08.jpg").symlink_to(photos / "demo08.jpg")
+        report = label_folder("da-v2-tiny", imgs, tmp_path / "s", workers=1, model=tiny_model, progress=False,
+                              forward_in="workers")
+    finally:
+        torch.set_num_threads(threads)
+    assert report.ok == 1

@@ -6,9 +6,10 @@ Pipeline, so that the model never waits::
     main thread:  bucket by network size (no padding) -> batched forward (fp32 / bf16 / fp16, flip TTA)
     writer thread: upsample to source size -> 16-bit PNG -> atomic write -> journal row
 
-On a CPU the forward pass runs in the workers instead, one image at a time with the CPUs' threads
-shared out among them (``forward_in="workers"``): a forward pass spread over all cores stalls whenever
-a decode worker or writer thread takes one of them, while one per worker only waits for its own.
+On a CPU with at least one worker per core the forward pass runs in the workers instead, on chunks of
+``batch_size`` sources (batched by network size within a chunk), one thread each (``forward_in="workers"``):
+a forward pass spread over all cores stalls whenever a decode worker or writer thread takes one of them,
+while one per worker only waits for its own.
 
 Resumable: sources with a row (ok or failed) are skipped, unless the source file changed since its row
 was written (size or modification time differ from the row's and so does its sha256): those are
@@ -349,8 +350,9 @@ def plan(store: LabelStore, images: Path, teacher: str, meta: dict,
 
 class _Sources(Dataset):
     """The sources to label, one item each (:func:`load_item`). With ``model`` (``--forward-in workers``) the
-    worker also runs the forward pass on its item and hands back the network-resolution disparity
-    (and confidence) instead of the input."""
+    DataLoader asks for chunks of sources (``__getitems__``): the worker loads them, runs the forward pass
+    on each group of equal network size and hands back network-resolution disparities (and confidences)
+    instead of the inputs."""
 
     def __init__(self, root: Path, rels: list[str], settings: LabelSettings, resize: bool, model=None):
         self.root, self.rels, self.settings, self.resize, self.model = root, rels, settings, resize, model
@@ -359,23 +361,27 @@ class _Sources(Dataset):
         return len(self.rels)
 
     def __getitem__(self, i: int) -> dict:
-        item = load_item(self.root, self.rels[i], self.settings, self.resize)
-        if self.model is not None and item["pixels"] is not None:
-            x2 = None if item["pixels2"] is None else torch.as_tensor(item["pixels2"])[None]
-            disparity, confidence = predict_batch(self.model, torch.as_tensor(item["pixels"])[None], self.settings, x2)
-            item["pixels"] = item["pixels2"] = None
-            item["disparity"], item["confidence"] = disparity[0], None if confidence is None else confidence[0]
-        return item
+        return load_item(self.root, self.rels[i], self.settings, self.resize)
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        items = [self[i] for i in indices]
+        groups: dict[tuple, list[dict]] = {}
+        for item in items:
+            if item["pixels"] is not None:
+                groups.setdefault((tuple(item["size"]), tuple(item["size2"])), []).append(item)
+        for group in groups.values():
+            x = torch.stack([torch.as_tensor(it["pixels"]) for it in group])
+            x2 = None if group[0]["pixels2"] is None else torch.stack([torch.as_tensor(it["pixels2"]) for it in group])
+            disparity, confidence = predict_batch(self.model, x, self.settings, x2)
+            for k, item in enumerate(group):
+                item["pixels"] = item["pixels2"] = None
+                item["disparity"], item["confidence"] = disparity[k], None if confidence is None else confidence[k]
+        return items
 
 
-def _forward_threads(workers: int):
-    """DataLoader ``worker_init_fn`` for ``--forward-in workers``: the CPUs shared out among the workers."""
-    threads = max(1, (os.cpu_count() or 1) // workers)
-
-    def init(_worker_id: int) -> None:
-        torch.set_num_threads(threads)
-
-    return init
+def _as_list(items: list[dict]) -> list[dict]:
+    """DataLoader ``collate_fn`` for ``--forward-in workers``: a chunk stays a list of items."""
+    return items
 
 
 class _Writer(threading.Thread):
@@ -480,8 +486,9 @@ def check_forward_in(forward_in: str | None, model, workers: int, compile: bool,
     """``forward_in`` resolved (None: the default for this model and these settings); an impossible choice
     fails before any work."""
     cpu = next(model.parameters()).device.type == "cpu"
-    if forward_in is None:
-        return "workers" if cpu and workers > 0 and not compile and resize_on == "worker" else "main"
+    if forward_in is None:  # the workers can keep every core busy, one thread each
+        enough = workers >= (os.cpu_count() or 1)
+        return "workers" if cpu and enough and not compile and resize_on == "worker" else "main"
     if forward_in not in FORWARD_IN:
         raise ValueError(f"--forward-in must be one of {FORWARD_IN}, got {forward_in!r}")
     if forward_in == "workers" and (not cpu or workers < 1 or compile or resize_on != "worker"):
@@ -503,10 +510,12 @@ def label_folder(model_spec: str, images: str | Path, out: str | Path, *, batch_
     no device version): ``resize_on="device"`` with one is refused.
     ``compile``: ``torch.compile`` the model (one compilation per network size). ``writer_threads``:
     threads that upsample, encode and write labels (default: half the CPUs, at most 8).
-    ``forward_in``: ``"workers"`` (each decode worker also runs the forward pass on its images, with its
-    share of the CPUs' threads: the default for a model on the CPU with ``workers`` > 0) or ``"main"``
-    (batches of equal network size in the main process: the default on a GPU, with ``compile`` and with
-    ``resize_on="device"``). Same labels either way, up to the order of the sums in the forward pass.
+    ``forward_in``: ``"workers"`` (each decode worker also runs the forward pass on its chunk of images, on
+    one thread: the default for a model on the CPU when ``workers`` >= the number of CPUs) or ``"main"``
+    (batches of equal network size in the main process, on every thread: the default otherwise, on a GPU,
+    with ``compile`` and with ``resize_on="device"``). Same labels either way, up to the order of the sums
+    in the forward pass. One thread per worker because GNU OpenMP cannot run a parallel region in a
+    process forked from one that already ran one (the worker would wait for ever).
     """
     settings = settings or LabelSettings()
     infer.check_settings(settings.precision, settings.tta)
@@ -560,8 +569,9 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
     writer = _Writer(store, labels, teacher, align, report, bar, settings, space, threads)
     writer.start()
     sources = _Sources(images, todo, settings, resize=not on_device, model=model if in_workers else None)
-    loader = DataLoader(sources, batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                        persistent_workers=False, worker_init_fn=_forward_threads(workers) if in_workers else None)
+    chunks = {"batch_size": batch_size, "collate_fn": _as_list, "prefetch_factor": 2} if in_workers else \
+        {"batch_size": None, "prefetch_factor": 4 if workers else None}
+    loader = DataLoader(sources, num_workers=workers, persistent_workers=False, **chunks)
     buckets: dict[tuple[int, int], list[dict]] = {}
     start = time.perf_counter()
 
@@ -573,8 +583,8 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
     failed = True
     try:
         for item in loader:
-            if "disparity" in item:  # --forward-in workers: labelled there
-                writer.put([(item, item.pop("disparity"), item.pop("confidence"))])
+            if in_workers:  # a chunk of items labelled there (or failed)
+                writer.put([(it, it.pop("disparity", None), it.pop("confidence", None)) for it in item])
                 continue
             if item["pixels"] is None:
                 writer.put([(item, None, None)])
