@@ -279,6 +279,14 @@ def frozen_encoder(config: TrainConfig, model: nn.Module) -> nn.Module:
     return encoder.eval()
 
 
+def frozen_tokens(frozen: nn.Module, images: torch.Tensor, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """The frozen encoder's patch tokens of ``images`` (no grad), in ``feature_alignment.precision``
+    (``null``: ``train.precision``); float32 B x N x C."""
+    precision = config.feature_alignment.precision or config.train.precision
+    with torch.no_grad(), torch.autocast(device.type, enabled=False), autocast(device, precision):
+        return patch_tokens(frozen, images).float()
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with two groups: encoder (``encoder_lr``) and decoder = neck + head (``encoder_lr * decoder_lr_mult``)."""
     o = config.optim
@@ -411,9 +419,8 @@ def student_loss(net: nn.Module, frozen: nn.Module | None, labeled: dict, unlabe
     align = config.feature_alignment.enabled
     with autocast(ctx.device, config.train.precision):
         out = net(images, align_from=n_l if align else None)
-        if align:
-            with torch.no_grad():  # the frozen encoder sees exactly the images the student saw
-                reference = patch_tokens(frozen, unlabeled_input)
+    if align:  # the frozen encoder sees exactly the images the student saw
+        reference = frozen_tokens(frozen, unlabeled_input, config, ctx.device)
     pred = out.depth
 
     loss_l, stats_l = torch.zeros((), device=ctx.device), {}
