@@ -221,6 +221,34 @@ def test_student_with_the_frozen_encoder_in_bf16_trains(tmp_path: Path) -> None:
     assert load_config(tmp_path / "run" / "config.yaml").feature_alignment.precision == "bf16"
 
 
+def test_fused_adamw_matches_the_per_tensor_loop(tmp_path: Path) -> None:
+    """``make_optimizer`` uses the fused AdamW kernel: the same update as torch's reference per-tensor loop
+    (``foreach=False``) with both groups' learning rates, up to float rounding."""
+    from pseudodepth.train import build_model, make_optimizer
+
+    labeled_folder(tmp_path / "labeled", count=1)
+    config = load_config(write_config(tmp_path / "c.yaml", optim={"encoder_lr": 1e-3, "weight_decay": 0.05}))
+    models = [build_model(config) for _ in range(2)]
+    fused = make_optimizer(models[0], config)
+    loop = torch.optim.AdamW([{k: v for k, v in g.items() if k not in ("fused", "foreach")}
+                              for g in make_optimizer(models[1], config).param_groups], foreach=False)
+    assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in loop.param_groups)
+    assert [g["lr"] for g in fused.param_groups] == [g["lr"] for g in loop.param_groups] == [1e-3, 1e-2]
+    start = [p.detach().clone() for p in models[0].parameters()]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn(a.shape, generator=generator)
+                b.grad = a.grad.clone()
+        fused.step()
+        loop.step()
+    for before, a, b in zip(start, models[0].parameters(), models[1].parameters()):
+        moved = (b.detach() - before).norm()
+        assert (a.detach() - b.detach()).norm() <= 1e-5 * moved + 1e-12  # the update agrees to float rounding
+    assert any(not torch.equal(before, a.detach()) for before, a in zip(start, models[0].parameters()))
+
+
 def test_bf16_autocast_steps(tmp_path: Path) -> None:
     labeled_folder(tmp_path / "labeled", count=2)
     config = load_config(write_config(tmp_path / "c.yaml", train={"steps": 2, "precision": "bf16"}))
