@@ -147,7 +147,7 @@ class FeatureAlignmentConfig:
 
     ``precision``: the autocast precision of the frozen encoder's no-grad forward; ``null`` (default)
     follows ``train.precision``. ``bf16`` with ``train.precision: fp32`` keeps the student in fp32 and
-    runs only the fixed reference in bf16: about 1.6x faster on a CPU with bf16 instructions
+    runs only the fixed reference in bf16: about 1.7x faster on a CPU with bf16 instructions
     (avx512_bf16, AMX) and on GPUs (emulated, so slower, on other CPUs); the alignment loss moves by
     at most 4e-4 relative and its gradient by about 1% (``bench/frozen_precision.py``; README,
     "Training speed"). Left out of ``to_dict()`` when null (config.yaml of older runs unchanged).
