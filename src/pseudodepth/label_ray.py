@@ -17,8 +17,9 @@ Crash safety is the store's: a label is renamed into place before its row is com
 driver commits rows. A killed actor is restarted by Ray (``max_restarts``) and its batch retried
 (``max_task_retries``): its labels are rewritten atomically with the same values and its rows are
 committed once. A batch still failing after its retries stops the run with one line
-(:class:`RayRunError`), after letting go of the run's actors; re-running the same command (or calling
-:func:`label_folder_ray` again in the same Ray) resumes, as it does when the whole run dies.
+(:class:`RayRunError`); re-running the same command (or calling :func:`label_folder_ray` again in the
+same Ray) resumes, as it does when the whole run dies. Each run's actors are named in a namespace of
+the run's own and killed when the run ends (:class:`_RunActors`), whatever still refers to them.
 
 Cluster use: workers read the images and write the labels themselves, so the image folder and the
 store must be on a filesystem every node mounts at the same path (NFS, Lustre, a FUSE bucket mount),
@@ -29,12 +30,12 @@ has the driver's teacher fingerprint, so a node with other weights fails the run
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import os
 import socket
 import sys
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -55,6 +56,9 @@ from .store import LabelStore, StoreError
 # batch that kills every actor it reaches (e.g. out of memory) ends the run instead of looping forever.
 MAX_ACTOR_RESTARTS = -1
 MAX_BATCH_RETRIES = 3
+
+# Each run's actors are named in the Ray namespace ACTOR_NAMESPACE_PREFIX + a random id (see _RunActors).
+ACTOR_NAMESPACE_PREFIX = "pseudodepth-label-"
 
 # Test hook: if this environment variable names an existing file, the first actor batch that removes it
 # kills its own process after writing its labels (as a crashed or pre-empted worker would).
@@ -150,6 +154,41 @@ def _maybe_crash() -> None:
     except FileNotFoundError:
         return
     os._exit(1)
+
+
+class _RunActors:
+    """The actors of one run: Ray Data's ``ray_remote_args_fn`` gives each a name of its own in a namespace of the
+    run's own (a restarted actor keeps its name); :meth:`kill` ends every actor of the run still alive.
+
+    Ray Data lets go of a run's actors by dropping its references to them, not by killing them, and Ray restarts
+    an actor that died (:data:`MAX_ACTOR_RESTARTS`) as long as any handle to it is alive. A stopped run's handles
+    can outlive it anywhere in the caller's process: Ray's exception traceback reaches them (its frames hold
+    the pool's task callbacks), and a logging handler that keeps records, such as pytest's log capture, keeps
+    that exception with the record's ``exc_info``. Such an actor, restarted and idle, kept its CPU or GPU and
+    the next run in the same Ray waited for ever for it (issue 12). Killing the run's actors by name when the
+    run ends does not depend on who still holds what."""
+
+    def __init__(self):
+        self.namespace = ACTOR_NAMESPACE_PREFIX + uuid.uuid4().hex
+
+    def __call__(self) -> dict:
+        """Remote arguments for one new actor (called by Ray Data in this process before it creates each one)."""
+        return {"name": f"teacher-{uuid.uuid4().hex[:12]}", "namespace": self.namespace}
+
+    def kill(self) -> int:
+        """Kill (no restart) every actor of this run that is not dead yet; returns how many were asked to die."""
+        import ray
+
+        killed = 0
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            if entry["namespace"] != self.namespace:
+                continue
+            try:
+                ray.kill(ray.get_actor(entry["name"], namespace=self.namespace), no_restart=True)
+                killed += 1
+            except ValueError:  # died meanwhile
+                pass
+        return killed
 
 
 class RayRunError(RuntimeError):
@@ -317,9 +356,11 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
     n_actors, resources = _actor_resources(num_actors)
     ds = ray.data.from_items([{"source": s} for s in todo])
     ds = ds.map(_LoadSource(images, settings))
+    actors = _RunActors()
     with warnings.catch_warnings():
-        # Ray 2.60 has no named map_batches parameter for actor fault tolerance yet; the remote-args
-        # spelling still works and is what its own docs show, so its deprecation notice is muted here.
+        # Ray 2.60 has no named map_batches parameter for actor fault tolerance nor for per-actor remote
+        # arguments yet; the remote-args spellings still work and are what its own docs show, so their
+        # deprecation notices are muted here.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(
             _Teacher, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -327,6 +368,7 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
             fn_constructor_kwargs={"model_spec": str(model_spec), "settings": settings, "store_root": str(out),
                                    "labels": {s: labels[s] for s in todo}, "teacher": teacher,
                                    "version": version},
+            ray_remote_args_fn=actors,
             max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=MAX_BATCH_RETRIES, **resources,
         )
     committed: set[str] = set()
@@ -348,18 +390,11 @@ def _run_ray(model_spec, store: LabelStore, images: Path, out: Path, todo: list[
         failure = _ray_failure(err, len(committed))
     finally:
         bar.close()
-        store.finish(failed)
+        try:
+            store.finish(failed)
+        finally:
+            actors.kill()  # however the run ended (done, stopped, interrupted): its CPUs / GPUs are free now
     if failure is not None:
-        # Ray Data lets go of a stopped run's actors by dropping its references, not by killing them, and Ray
-        # restarts the actor that died (MAX_ACTOR_RESTARTS) even after the run stopped. Ray's exception holds
-        # such references (its traceback reaches the pool's task callbacks, in a cycle with the executor), so
-        # raised as our exception's context it kept that actor alive and idle on its CPU or GPU: the caller's
-        # next run in the same Ray (a notebook, a test) waited for ever. So: no Ray exception chained to the
-        # one line, the dataset dropped and the cycles collected before raising; the run's actors go with them
-        # (at once when it was the process's first Ray Data run; after earlier Ray Data runs in the process,
-        # something not yet found still holds them and a next run in this process can wait for ever: issue 12).
-        del ds
-        gc.collect()
-        raise failure
+        raise failure  # outside the except clauses: one line, no Ray exception chained as its context
     report.seconds = time.perf_counter() - start
     return report
