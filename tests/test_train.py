@@ -222,16 +222,17 @@ def test_student_with_the_frozen_encoder_in_bf16_trains(tmp_path: Path) -> None:
 
 
 def test_fused_adamw_matches_the_per_tensor_loop(tmp_path: Path) -> None:
-    """``make_optimizer`` uses the fused AdamW kernel: the same update as torch's reference per-tensor loop
-    (``foreach=False``) with both groups' learning rates, up to float rounding."""
+    """``optim.fused: true``: ``make_optimizer`` uses the fused AdamW kernel, the same update as torch's
+    reference per-tensor loop (``foreach=False``, the default here) with both groups' learning rates, up to
+    float rounding."""
     from pseudodepth.train import build_model, make_optimizer
 
     labeled_folder(tmp_path / "labeled", count=1)
-    config = load_config(write_config(tmp_path / "c.yaml", optim={"encoder_lr": 1e-3, "weight_decay": 0.05}))
+    path = write_config(tmp_path / "c.yaml", optim={"encoder_lr": 1e-3, "weight_decay": 0.05})
+    config, fused_config = load_config(path), load_config(path, {"optim": {"fused": True}})
+    assert "fused" not in config.to_dict()["optim"] and fused_config.to_dict()["optim"]["fused"] is True
     models = [build_model(config) for _ in range(2)]
-    fused = make_optimizer(models[0], config)
-    loop = torch.optim.AdamW([{k: v for k, v in g.items() if k not in ("fused", "foreach")}
-                              for g in make_optimizer(models[1], config).param_groups], foreach=False)
+    fused, loop = make_optimizer(models[0], fused_config), make_optimizer(models[1], config)
     assert all(g["fused"] for g in fused.param_groups) and not any(g["fused"] for g in loop.param_groups)
     assert [g["lr"] for g in fused.param_groups] == [g["lr"] for g in loop.param_groups] == [1e-3, 1e-2]
     start = [p.detach().clone() for p in models[0].parameters()]

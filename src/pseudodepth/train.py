@@ -290,9 +290,9 @@ def frozen_tokens(frozen: nn.Module, images: torch.Tensor, config: TrainConfig, 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with two groups: encoder (``encoder_lr``) and decoder = neck + head (``encoder_lr * decoder_lr_mult``).
 
-    The fused implementation (one kernel over all tensors, CPU and CUDA): the same update as the
-    per-tensor loop up to float rounding (4e-7 relative after 20 steps of V2-S), a third of its time
-    on this CPU (``tests/test_train.py``; README, "Training speed")."""
+    ``optim.fused``: the fused implementation (one kernel over all tensors, CPU and CUDA), the same
+    update as the default per-tensor loop up to float rounding (4e-7 relative after 20 steps of V2-S)
+    in a third of its time on this CPU (``tests/test_train.py``; README, "Training speed")."""
     o = config.optim
     encoder = [p for p in model.backbone.parameters() if p.requires_grad]
     encoder_ids = {id(p) for p in model.backbone.parameters()}
@@ -300,7 +300,7 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     groups = [{"params": encoder, "lr": o.encoder_lr, "base_lr": o.encoder_lr, "name": "encoder"},
               {"params": decoder, "lr": o.encoder_lr * o.decoder_lr_mult,
                "base_lr": o.encoder_lr * o.decoder_lr_mult, "name": "decoder"}]
-    return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
+    return torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=o.fused or None)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
