@@ -33,6 +33,12 @@ SECTIONS = [  # (results file, heading, what it measures)
      "The same benchmark on a lent GPU machine."),
     ("train_throughput.md", "Training throughput (`bench/train_throughput.py`)",
      "`pseudodepth train` in student mode vs a bare forward + backward + optimizer loop of the same model."),
+    ("train_phases.md", "Where a student step's time goes (`bench/train_phases.py`)",
+     "CPU time per phase of a `pseudodepth train` student step and of the bare loop, one thread, data loading in "
+     "the step: why the student is slower than the bare loop."),
+    ("frozen_precision.md", "Feature alignment's frozen encoder in bf16 (`bench/frozen_precision.py`)",
+     "`feature_alignment.precision: bf16` vs fp32 on the 20 real photos: the frozen encoder's tokens, the "
+     "alignment loss and its gradient for students at several distances from the frozen encoder."),
     ("loss_filter.md", "Top-10% loss filter cost (`bench/loss_filter.py`)",
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",

@@ -73,6 +73,7 @@ def test_unknown_key_is_named_with_its_section(folder: Path, edit, needles) -> N
     (lambda d: d.update(augment={"cutmix_p": 1.5}), "augment.cutmix_p"),
     (lambda d: d["data"]["labeled"][0].update(weight=0), "data.labeled[0].weight"),
     (lambda d: d["data"]["labeled"][0].update(type="imagenet"), "data.labeled[0].type"),
+    (lambda d: d.update(feature_alignment={"precision": "fp16"}), "feature_alignment.precision"),
 ])
 def test_bad_value_is_named(folder: Path, edit, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
@@ -177,3 +178,12 @@ def test_deep_merge_merges_mappings_and_replaces_the_rest():
     merged = deep_merge(base, {"a": {"c": [9], "e": {"f": 1}}, "d": None})
     assert merged == {"a": {"b": 1, "c": [9], "e": {"f": 1}}, "d": None}
     assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 3}  # inputs untouched
+
+
+def test_frozen_precision_is_saved_only_when_set(folder: Path) -> None:
+    """``feature_alignment.precision``: null (follow train.precision) is left out of config.yaml, so runs
+    saved before the key existed compare equal (``adapt``); a set value is kept and read back."""
+    config = load_config(write_config(folder / "c.yaml"))
+    assert config.feature_alignment.precision is None and "precision" not in config.to_dict()["feature_alignment"]
+    config = load_config(edited(folder, lambda d: d.update(feature_alignment={"precision": "bf16"})))
+    assert config.feature_alignment.precision == "bf16" and config.to_dict()["feature_alignment"]["precision"] == "bf16"
