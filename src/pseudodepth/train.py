@@ -14,8 +14,9 @@ small functions above it and passed in.
   Unlabeled images get strong perturbations and CutMix (p = 0.5) on the tensors in the step; the
   targets are the teacher's pseudo-labels of the clean images; the unlabeled loss drops each
   image's top 10% losses (V2). With ``feature_alignment.enabled`` the student encoder's last-layer
-  patch tokens on the clean unlabeled images are pulled towards a frozen encoder's
-  (``1 - cos``, patches above the 0.85 margin ignored). The step loss is the mean over all images
+  patch tokens on the unlabeled images it saw (perturbed and CutMixed; the frozen encoder sees the
+  same images) are pulled towards the frozen encoder's (``1 - cos``, patches above the 0.85 margin
+  ignored). The step loss is the mean over all images
   of the batch: ``(n_l L_labeled + n_u L_unlabeled) / (n_l + n_u) + w_fa L_fa``.
 
 Reproducibility and resume: every random draw is a function of ``(seed, step, rank)`` - the data
