@@ -39,6 +39,9 @@ SECTIONS = [  # (results file, heading, what it measures)
     ("frozen_precision.md", "Feature alignment's frozen encoder in bf16 (`bench/frozen_precision.py`)",
      "`feature_alignment.precision: bf16` vs fp32 on the 20 real photos: the frozen encoder's tokens, the "
      "alignment loss and its gradient for students at several distances from the frozen encoder."),
+    ("train_throughput_compile.md", "Training throughput with `--compile` (`bench/train_throughput.py --compile`)",
+     "The same comparison with `pseudodepth train --compile` and the bare loop and ceiling compiled too, in "
+     "another run (its uncompiled rows show the run-to-run spread)."),
     ("loss_filter.md", "Top-10% loss filter cost (`bench/loss_filter.py`)",
      "Forward + backward of the pseudo-label loss step with and without the V2 filter."),
     ("official_agreement.md", "Agreement with the official implementation (`bench/compare_official.py`)",
