@@ -158,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize in the decode workers (official float64, default on CPU) or on the model's "
                         "device (default on a GPU; V1/V2 teachers only, DA3 resizes in the workers)")
     p.add_argument("--forward-in", choices=["main", "workers"], default=None,
-                   help="where the forward pass runs: in the decode workers, one image at a time with a share of "
-                        "the CPUs' threads each (default for a model on the CPU), or batched in the main process "
-                        "(default on a GPU and with --compile)")
+                   help="where the forward pass runs: in the decode workers, on chunks of --batch-size images, "
+                        "one thread each (default for a model on the CPU with at least one worker per core), or "
+                        "batched in the main process on every thread (default otherwise, on a GPU, with --compile)")
     p.add_argument("--writer-threads", type=int, default=None,
                    help="threads that upsample, encode and write labels (default: half the CPUs, at most 8)")
     p.add_argument("--align-to", default=None, metavar="SPARSE",

@@ -368,15 +368,18 @@ class _Sources(Dataset):
         groups: dict[tuple, list[dict]] = {}
         for item in items:
             if item["pixels"] is not None:
-                groups.setdefault((tuple(item["size"]), tuple(item["size2"])), []).append(item)
+                groups.setdefault(batch_key(item), []).append(item)
         for group in groups.values():
-            x = torch.stack([torch.as_tensor(it["pixels"]) for it in group])
-            x2 = None if group[0]["pixels2"] is None else torch.stack([torch.as_tensor(it["pixels2"]) for it in group])
-            disparity, confidence = predict_batch(self.model, x, self.settings, x2)
-            for k, item in enumerate(group):
+            disparities, confidences, _ = run_batch(self.model, group, self.settings, on_device=False)
+            for item, disparity, confidence in zip(group, disparities, confidences):
                 item["pixels"] = item["pixels2"] = None
-                item["disparity"], item["confidence"] = disparity[k], None if confidence is None else confidence[k]
+                item["disparity"], item["confidence"] = disparity, confidence
         return items
+
+
+def batch_key(item: dict) -> tuple:
+    """Items with equal keys share one forward pass: both network sizes (``--confidence scales`` has two)."""
+    return tuple(item["size"]), tuple(item["size2"])
 
 
 def _as_list(items: list[dict]) -> list[dict]:
@@ -589,7 +592,7 @@ def _run(model, store: LabelStore, images: Path, todo: list[str], labels: dict, 
             if item["pixels"] is None:
                 writer.put([(item, None, None)])
                 continue
-            key = (tuple(item["size"]), tuple(item["size2"]))  # --confidence scales: both sizes equal in a batch
+            key = batch_key(item)
             buckets.setdefault(key, []).append(item)
             if len(buckets[key]) >= batch_size:
                 run_bucket(key)
